@@ -1,0 +1,153 @@
+"""Turns a :class:`StepInput` into tensors, runs the network, and samples on the driver rank.
+
+Every tensor-parallel rank runs the same ``execute`` on the same step; all of them compute
+logits (the LM head's gather is a collective), and only rank 0 samples. Per-request sampling
+state (parameters, seeded generator, generated tokens for the penalties) lives here, so the
+engine sends a request's parameters once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from model.attention.metadata import AttentionMetadata
+from model.mistral import MistralForCausalLM
+from model.sampler import Sampler, SamplingBatch, make_generator
+from model.sampling_params import SamplingParams
+from model.step import NewRequest, SampledToken, StepInput, StepOutput
+
+
+@dataclass
+class RequestState:
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    output_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepTensors:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor
+    sampled_request_ids: list[str]
+
+
+def build_step_tensors(step: StepInput, block_size: int, sliding_window: int | None,
+                       device: torch.device) -> StepTensors:
+    """Pack the step's sequences along one token axis.
+
+    Example (block_size 4): a sequence with 5 tokens computed, block table [3, 8], and 2 new
+    tokens → positions [5, 6], slots [8*4+1, 8*4+2] = [33, 34], seq_len 7.
+    """
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    query_lens: list[int] = []
+    seq_lens: list[int] = []
+    logits_indices: list[int] = []
+    sampled: list[str] = []
+    for seq in step.sequences:
+        start = seq.num_computed_tokens
+        end = start + len(seq.token_ids)
+        if len(seq.block_table) * block_size < end:
+            raise ValueError(f"request {seq.request_id}: block table of {len(seq.block_table)} "
+                             f"blocks cannot hold {end} tokens")
+        input_ids.extend(seq.token_ids)
+        positions.extend(range(start, end))
+        table = seq.block_table
+        slots.extend(table[p // block_size] * block_size + p % block_size
+                     for p in range(start, end))
+        query_lens.append(len(seq.token_ids))
+        seq_lens.append(end)
+        if seq.sample:
+            logits_indices.append(len(input_ids) - 1)
+            sampled.append(seq.request_id)
+    max_blocks = max((len(seq.block_table) for seq in step.sequences), default=0)
+    tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table))
+              for seq in step.sequences]
+    query_start = [0]
+    for n in query_lens:
+        query_start.append(query_start[-1] + n)
+
+    def as_tensor(values: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+    meta = AttentionMetadata(
+        query_start_loc=as_tensor(query_start, torch.int32),
+        seq_lens=as_tensor(seq_lens, torch.int32),
+        block_tables=as_tensor(tables, torch.int32),
+        slot_mapping=as_tensor(slots, torch.int64),
+        query_lens_host=query_lens,
+        seq_lens_host=seq_lens,
+        block_size=block_size,
+        sliding_window=sliding_window,
+    )
+    return StepTensors(as_tensor(input_ids, torch.int64), as_tensor(positions, torch.int64),
+                       meta, as_tensor(logits_indices, torch.int64), sampled)
+
+
+class ModelRunner:
+    def __init__(self, model: MistralForCausalLM, kv_caches: list[torch.Tensor],
+                 block_size: int, device: torch.device) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = device
+        self.sampler = Sampler()
+        self.requests: dict[str, RequestState] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_caches[0].shape[1] if self.kv_caches else 0
+
+    def _update_requests(self, new: list[NewRequest], finished: list[str]) -> None:
+        for request_id in finished:
+            self.requests.pop(request_id, None)
+        for request in new:
+            self.requests[request.request_id] = RequestState(
+                request.prompt_token_ids, request.sampling_params,
+                make_generator(request.sampling_params.seed))
+
+    @torch.inference_mode()
+    def compute_logits(self, step: StepInput) -> tuple[torch.Tensor, list[str]]:
+        """Logits [num_sampled, vocab] (float32) for the sequences that sample this step."""
+        tensors = build_step_tensors(step, self.block_size, self.model.config.sliding_window,
+                                     self.device)
+        hidden = self.model(tensors.input_ids, tensors.positions, self.kv_caches, tensors.meta)
+        return self.model.compute_logits(hidden[tensors.logits_indices]), \
+            tensors.sampled_request_ids
+
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> StepOutput | None:
+        """Run one step; returns sampled tokens on the driver rank, None on the others."""
+        self._update_requests(step.new_requests, step.finished_request_ids)
+        if not step.sequences:
+            return StepOutput([])
+        logits, request_ids = self.compute_logits(step)
+        if not self.model.ctx.is_driver:
+            return None
+        if not request_ids:
+            return StepOutput([])
+        states = [self.requests[request_id] for request_id in request_ids]
+        batch = SamplingBatch(
+            params=[s.params for s in states],
+            prompt_token_ids=[s.prompt_token_ids for s in states],
+            output_token_ids=[s.output_token_ids for s in states],
+            generators=[s.generator for s in states],
+            eos_token_id=self.model.config.eos_token_id,
+        )
+        result = self.sampler(logits, batch)
+        sampled = []
+        for row, (request_id, state) in enumerate(zip(request_ids, states, strict=True)):
+            token = result.token_ids[row]
+            state.output_token_ids.append(token)
+            sampled.append(SampledToken(
+                request_id, token,
+                result.logprobs[row] if result.logprobs is not None else None,
+                result.top_logprobs[row] if result.top_logprobs is not None else None,
+            ))
+        return StepOutput(sampled)

@@ -1,0 +1,55 @@
+"""The messages between the engine and the model runners, one round trip per step.
+
+They are small, flat dataclasses so that broadcasting a step to every tensor-parallel rank
+stays cheap: a request's prompt and sampling parameters travel once (``NewRequest``), and
+after that each step carries only the tokens to compute and the block table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+
+
+@dataclass
+class ScheduledSequence:
+    """One sequence's work in a step.
+
+    Example: a 40-token prompt with 32 tokens cached from an earlier turn and a chunk budget
+    of 8 → ``token_ids`` = prompt[32:40], ``num_computed_tokens`` = 32, ``sample`` = True
+    because the chunk reaches the last known token.
+    """
+
+    request_id: str
+    token_ids: list[int]
+    num_computed_tokens: int
+    block_table: list[int]
+    sample: bool
+
+
+@dataclass
+class StepInput:
+    sequences: list[ScheduledSequence]
+    new_requests: list[NewRequest] = field(default_factory=list)
+    finished_request_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SampledToken:
+    request_id: str
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class StepOutput:
+    sampled: list[SampledToken]
