@@ -110,7 +110,7 @@ class ModelRunner:
         for request in new:
             self.requests[request.request_id] = RequestState(
                 request.prompt_token_ids, request.sampling_params,
-                make_generator(request.sampling_params.seed))
+                make_generator(request.sampling_params.seed, self.device))
 
     @torch.inference_mode()
     def compute_logits(self, step: StepInput) -> tuple[torch.Tensor, list[str]]:

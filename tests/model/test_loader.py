@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from model.config import ModelConfig
 from model.factory import build_model
-from model.loader import CheckpointError
 from model.layers.weight_source import WeightShapeError
+from model.loader import CheckpointError
 from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config
 from tests.model.test_parity import prefill_logits
 

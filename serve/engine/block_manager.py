@@ -1,0 +1,227 @@
+"""Paged KV block manager with automatic prefix caching, keyed by request id.
+
+Block/slot arithmetic, ``block_size=4``, a request with 10 known tokens::
+
+    tokens        t0 t1 t2 t3 | t4 t5 t6 t7 | t8 t9 .  .
+    block index   0           | 1           | 2 (partial: 2 of 4 slots used)
+    block_table   [7, 3, 12]    (pool block ids, in sequence order)
+
+    num_blocks needed = ceil(10 / 4) = 3; full blocks = 10 // 4 = 2 (hashed and cached)
+    token i lives in block_table[i // 4] at offset i % 4,
+    slot of token 9 = block_table[2] * 4 + 9 % 4 = 12 * 4 + 1 = 49
+
+The first decode step computes t10 (num_computed_tokens=10, num_new_tokens=1): it fits in
+block 2's free slot, no new block. The step that computes t11 fills block 2, so block 2 is
+hashed then; t12 needs a fourth block.
+
+Prefix-cache hits: ``get_computed_blocks`` finds the longest run of cached full blocks of
+the prompt, but never the block holding the last prompt token (its logits are needed, so it
+must be computed): a 10-token prompt can hit at most ``(10 - 1) // 4 = 2`` blocks, an
+8-token prompt only ``(8 - 1) // 4 = 1``. The scheduler then passes those ids to the first
+``allocate_slots``, which takes the references::
+
+    hit_ids, num_computed_tokens = manager.get_computed_blocks(rid, prompt)
+    table = manager.allocate_slots(rid, prompt, num_computed_tokens,
+                                   len(prompt) - num_computed_tokens, hit_ids)
+    # table is None: not enough free blocks; nothing changed, try again later
+    ...
+    manager.free(rid)   # finished, aborted or preempted (also if never allocated)
+
+Blocks are registered in the cache when ``allocate_slots`` gives them their last token, i.e.
+before the step computes that token's KV (as in vLLM): a request scheduled in the same step
+may hit them, which is correct because the runner writes a step's KV before attention reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from serve.engine.block_hash import BlockHash, extend_block_hashes
+from serve.engine.block_pool import BlockPool, KVCacheBlock
+from serve.engine.kv_events import KVEvent
+
+
+@dataclass
+class _RequestBlocks:
+    """What the manager keeps per request."""
+
+    cache_salt: str | None
+    block_ids: list[int] = field(default_factory=list)
+    # Keys of the request's full blocks so far, computed once and extended as it grows.
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    # The first num_cached_blocks blocks were already offered to the cache.
+    num_cached_blocks: int = 0
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class BlockManager:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pool = BlockPool(num_blocks)
+        self._requests: dict[str, _RequestBlocks] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return self.pool.num_cached_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.pool.usage
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return num_blocks <= self.pool.num_free_blocks
+
+    def block_table(self, request_id: str) -> list[int]:
+        state = self._requests.get(request_id)
+        return [] if state is None else list(state.block_ids)
+
+    def _salt(self, state: _RequestBlocks | None, cache_salt: str | None) -> str | None:
+        # The salt is fixed by the request's first call; later calls may omit it.
+        if state is None or cache_salt is None:
+            return cache_salt if state is None else state.cache_salt
+        if cache_salt != state.cache_salt:
+            raise ValueError("cache_salt changed during the request's lifetime")
+        return cache_salt
+
+    def get_computed_blocks(
+        self, request_id: str, token_ids: Sequence[int], cache_salt: str | None = None
+    ) -> tuple[list[int], int]:
+        """Longest cached prefix of ``token_ids`` in full blocks, never covering the last token.
+
+        Returns the block ids and ``num_computed_tokens`` (``len(ids) * block_size``). Takes
+        no reference: pass the ids to ``allocate_slots`` before allocating for anyone else.
+        """
+        if not self.enable_prefix_caching:
+            return [], 0
+        state = self._requests.get(request_id)
+        if state is None:
+            # Keep the keys for allocate_slots and later steps; free() drops them.
+            state = self._requests[request_id] = _RequestBlocks(self._salt(None, cache_salt))
+        else:
+            self._salt(state, cache_salt)
+        extend_block_hashes(state.block_hashes, token_ids, self.block_size, state.cache_salt)
+        max_hit_blocks = (len(token_ids) - 1) // self.block_size
+        hit_ids: list[int] = []
+        for block_hash in state.block_hashes[:max_hit_blocks]:
+            block = self.pool.get_cached_block(block_hash)
+            if block is None:
+                break
+            hit_ids.append(block.block_id)
+        return hit_ids, len(hit_ids) * self.block_size
+
+    def allocate_slots(
+        self,
+        request_id: str,
+        token_ids: Sequence[int],
+        num_computed_tokens: int,
+        num_new_tokens: int,
+        new_computed_blocks: list[int] | None = None,
+        cache_salt: str | None = None,
+    ) -> list[int] | None:
+        """Own enough blocks for ``num_computed_tokens + num_new_tokens`` tokens.
+
+        ``token_ids`` are all the request's known tokens (prompt + generated so far);
+        ``num_computed_tokens`` already have KV (including prefix-cache hits), and this step
+        computes the next ``num_new_tokens``. ``new_computed_blocks`` are the hit ids from
+        ``get_computed_blocks``, only on the first call. Returns the full block table, or
+        None when the pool is short of blocks; then nothing has changed.
+        """
+        num_tokens = num_computed_tokens + num_new_tokens
+        if num_computed_tokens < 0 or num_new_tokens < 0:
+            raise ValueError("token counts must be non-negative")
+        if num_tokens > len(token_ids):
+            raise ValueError(f"{num_tokens} tokens to hold but only {len(token_ids)} known")
+        state = self._requests.get(request_id)
+        salt = self._salt(state, cache_salt)
+        hits = [self.pool.blocks[block_id] for block_id in new_computed_blocks or ()]
+        if hits:
+            self._check_hits(state, hits, num_computed_tokens)
+        num_owned = len(state.block_ids) if state is not None else 0
+        num_new_blocks = max(0, cdiv(num_tokens, self.block_size) - num_owned - len(hits))
+        # A hit on a free block takes it out of the free queue, so it costs a free block too.
+        num_free_hits = sum(1 for block in hits if block.ref_cnt == 0)
+        if num_new_blocks + num_free_hits > self.pool.num_free_blocks:
+            return None
+
+        if state is None:
+            state = self._requests[request_id] = _RequestBlocks(salt)
+        if hits:
+            # Touch before get_new_blocks, so the hits cannot be evicted by it.
+            self.pool.touch(hits)
+            state.block_ids.extend(block.block_id for block in hits)
+            state.num_cached_blocks = len(hits)
+        if num_new_blocks:
+            new_blocks = self.pool.get_new_blocks(num_new_blocks)
+            state.block_ids.extend(block.block_id for block in new_blocks)
+        if self.enable_prefix_caching:
+            self._cache_full_blocks(state, token_ids, num_tokens // self.block_size)
+        return list(state.block_ids)
+
+    def _check_hits(
+        self, state: _RequestBlocks | None, hits: list[KVCacheBlock], num_computed_tokens: int
+    ) -> None:
+        # Hits are only valid straight from get_computed_blocks: the same request, no blocks
+        # owned yet, and still cached under the request's own keys (not evicted since).
+        if not self.enable_prefix_caching or state is None:
+            raise ValueError("new_computed_blocks must come from get_computed_blocks")
+        if state.block_ids:
+            raise ValueError("new_computed_blocks only on a request's first allocate_slots")
+        if len(hits) * self.block_size > num_computed_tokens:
+            raise ValueError("num_computed_tokens must include the prefix-cache hits")
+        if len(hits) > len(state.block_hashes):
+            raise ValueError("more hits than full blocks")
+        for block, block_hash in zip(hits, state.block_hashes, strict=False):
+            if block.block_hash != block_hash:
+                raise ValueError(f"block {block.block_id} is no longer a cache hit")
+
+    def _cache_full_blocks(
+        self, state: _RequestBlocks, token_ids: Sequence[int], num_full_blocks: int
+    ) -> None:
+        start = state.num_cached_blocks
+        if num_full_blocks <= start:
+            return
+        extend_block_hashes(
+            state.block_hashes, token_ids, self.block_size, state.cache_salt, num_full_blocks
+        )
+        self.pool.cache_full_blocks(
+            [self.pool.blocks[block_id] for block_id in state.block_ids[start:num_full_blocks]],
+            state.block_hashes[start:num_full_blocks],
+            state.block_hashes[start - 1] if start else None,
+            self.block_size,
+        )
+        state.num_cached_blocks = num_full_blocks
+
+    def free(self, request_id: str) -> None:
+        """Release the request's blocks, tail first (evicted first); unknown ids are ignored."""
+        state = self._requests.pop(request_id, None)
+        if state is None:
+            return
+        blocks = self.pool.blocks
+        self.pool.free_blocks([blocks[block_id] for block_id in reversed(state.block_ids)])
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached key; False (and no change) while any request holds blocks."""
+        if not self.enable_prefix_caching:
+            return True
+        return self.pool.reset_prefix_cache()
+
+    def drain_events(self) -> list[KVEvent]:
+        """Events since the last drain; the engine publishes them once per step."""
+        return self.pool.drain_events()

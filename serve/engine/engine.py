@@ -1,0 +1,229 @@
+"""The engine: admit requests, schedule a step, run it, turn tokens into outputs.
+
+Synchronous and single-threaded by design (the asyncio front in ``async_engine.py`` runs
+it in one thread); ``step`` is the unit of progress and every request ends in exactly one
+finished output, whether it stopped, hit its length, was aborted or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from model.config import ModelConfig
+from model.sampling_params import SamplingParams
+from model.step import NewRequest, ScheduledSequence, StepInput
+from model.tokenizer import Tokenizer
+from serve.engine.block_manager import BlockManager
+from serve.engine.config import EngineConfig
+from serve.engine.executor import Executor
+from serve.engine.kv_events import KVEventSink
+from serve.engine.output import OutputProcessor, finished_status
+from serve.engine.request import Request, RequestOutput, RequestStatus
+from serve.engine.scheduler import Scheduler, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the context (or the KV cache)."""
+
+
+class EngineDeadError(RuntimeError):
+    """The model workers failed; the request may be retried on another replica."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    kv_cache_usage: float
+    num_cached_blocks: int
+    num_kv_tokens: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, executor: Executor, tokenizer: Tokenizer,
+                 model_config: ModelConfig, event_sink: KVEventSink | None = None) -> None:
+        self.config = config
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.max_model_len = executor.max_model_len
+        self.block_manager = BlockManager(executor.num_kv_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens, config.max_waiting_requests)
+        self.outputs = OutputProcessor(tokenizer)
+        self.event_sink = event_sink
+        self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None \
+            else model_config.eos_token_id
+        self.requests: dict[str, Request] = {}
+        self._new: list[NewRequest] = []
+        self._finished_ids: list[str] = []
+        self._pending_outputs: list[RequestOutput] = []
+        # Set when the model workers fail: the engine refuses new work from then on.
+        self.dead_reason: str | None = None
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.block_manager.num_blocks * self.config.block_size
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: str | Sequence[int],
+                    params: SamplingParams | None = None, cache_salt: str | None = None
+                    ) -> Request:
+        params = params or SamplingParams()
+        if self.dead_reason is not None:
+            raise EngineDeadError(self.dead_reason)
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            text, token_ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, token_ids = None, [int(t) for t in prompt]
+        self._validate_prompt(token_ids)
+        room = min(self.max_model_len, self.kv_capacity_tokens) - len(token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        request = Request(request_id, token_ids, params, max_tokens, self.eos_token_id,
+                          cache_salt=cache_salt, prompt=text)
+        self.scheduler.add(request)
+        self.requests[request_id] = request
+        return request
+
+    def _validate_prompt(self, token_ids: list[int]) -> None:
+        if not token_ids:
+            raise ValueError("the prompt is empty; send at least one token")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        # One position must stay free for the first generated token.
+        if len(token_ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens but the model's context is "
+                f"{self.max_model_len} tokens (prompt plus at least one new token); "
+                "shorten the prompt")
+        if len(token_ids) >= self.kv_capacity_tokens:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens but the KV cache holds "
+                f"{self.kv_capacity_tokens} tokens; shorten the prompt or give the cache more "
+                "memory")
+
+    def abort(self, request_ids: str | Sequence[str]) -> None:
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        for request_id in ids:
+            request = self.requests.get(request_id)
+            if request is not None:
+                self._finish(request, RequestStatus.FINISHED_ABORTED)
+                self._pending_outputs.append(self.outputs.make_output(request, []))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0 or bool(self._pending_outputs)
+
+    def _finish(self, request: Request, status: RequestStatus, error: str | None = None
+                ) -> None:
+        self.scheduler.finish(request, status)
+        if error is not None:
+            request.error = error
+        self.requests.pop(request.request_id, None)
+        if request.sent_to_runner:
+            self._finished_ids.append(request.request_id)
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """Finish every live request with an error (workers died); frees all blocks."""
+        outputs = []
+        for request in list(self.requests.values()):
+            self._finish(request, RequestStatus.FINISHED_ERROR, message)
+            outputs.append(self.outputs.make_output(request, []))
+        # Blocks were registered when allocated, before their KV was written: after a
+        # failed step some cached blocks may hold garbage, so drop every cached key.
+        self.block_manager.reset_prefix_cache()
+        return outputs
+
+    # ---- the step ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        outputs, self._pending_outputs = self._pending_outputs, []
+        scheduled = self.scheduler.schedule()
+        if not scheduled.scheduled:
+            self._publish_events()
+            return outputs
+        step = self._build_step(scheduled)
+        try:
+            result = self.executor.execute(step)
+        except Exception as exc:
+            logger.exception("model execution failed")
+            self.dead_reason = f"model execution failed: {exc}"
+            return outputs + self.fail_all(self.dead_reason)
+        sampled = {token.request_id: token for token in result.sampled}
+        for item in scheduled.scheduled:
+            request = item.request
+            request.num_computed_tokens += item.num_new_tokens
+            token = sampled.get(request.request_id)
+            if token is None or request.is_finished:
+                continue
+            outputs.append(self._process_token(request, token.token_id, token.logprob,
+                                               token.top_logprobs))
+        self._publish_events()
+        return outputs
+
+    def _build_step(self, scheduled: SchedulerOutput) -> StepInput:
+        sequences = []
+        for item in scheduled.scheduled:
+            request = item.request
+            if not request.sent_to_runner:
+                self._new.append(NewRequest(request.request_id, request.prompt_token_ids,
+                                            request.params))
+                request.sent_to_runner = True
+            start = request.num_computed_tokens
+            sequences.append(ScheduledSequence(
+                request.request_id, request.token_ids[start:start + item.num_new_tokens],
+                start, item.block_table, item.samples))
+        step = StepInput(sequences, self._new, self._finished_ids)
+        self._new, self._finished_ids = [], []
+        return step
+
+    def _process_token(self, request: Request, token_id: int, logprob: float | None,
+                       top_logprobs: list[tuple[int, float]] | None) -> RequestOutput:
+        request.append_token(token_id)
+        if request.logprobs is not None and logprob is not None:
+            entry = dict(top_logprobs or [])
+            entry[token_id] = logprob
+            request.logprobs.append(entry)
+            request.cumulative_logprob = (request.cumulative_logprob or 0.0) + logprob
+        status = finished_status(request, token_id, self.max_model_len)
+        if status is not None:
+            request.status = status
+        if self.outputs.add_text(request, [token_id]):
+            status = RequestStatus.FINISHED_STOPPED
+            request.status = status
+        if status is not None:
+            self._finish(request, status)
+        return self.outputs.make_output(request, [token_id])
+
+    def _publish_events(self) -> None:
+        events = self.block_manager.drain_events()
+        if events and self.event_sink is not None:
+            try:
+                self.event_sink.publish(events)
+            except Exception:  # the index is advisory; serving must not fail with it
+                logger.exception("publishing %d KV events failed", len(events))
+
+    # ---- introspection ----------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        manager = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_kv_blocks=manager.num_blocks,
+            num_free_kv_blocks=manager.num_free_blocks,
+            kv_cache_usage=manager.usage,
+            num_cached_blocks=manager.num_cached_blocks,
+            num_kv_tokens=self.kv_capacity_tokens,
+        )

@@ -1,0 +1,131 @@
+"""Iteration-level scheduling under a token budget, with chunked prefill and preemption.
+
+Each step first serves the running requests in arrival order (a decode costs one token, an
+unfinished prefill takes what budget is left: that is chunked prefill), then admits waiting
+requests while budget, sequence slots and KV blocks remain. When a running request cannot
+get a block, the most recently admitted running request is preempted: its blocks are freed
+(they stay in the prefix cache) and it is recomputed later.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from serve.engine.block_manager import BlockManager
+from serve.engine.request import Request, RequestStatus
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its bound; the caller should retry later."""
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int
+    block_table: list[int]
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the request's last known token."""
+        request = self.request
+        return request.num_computed_tokens + self.num_new_tokens == request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_scheduled_tokens(self) -> int:
+        return sum(item.num_new_tokens for item in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_waiting_requests: int) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_waiting_requests = max_waiting_requests
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, request: Request) -> None:
+        if len(self.waiting) >= self.max_waiting_requests:
+            raise QueueFullError(f"the waiting queue is full ({self.max_waiting_requests} "
+                                 "requests); retry later")
+        self.waiting.append(request)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            table = self._allocate_or_preempt(request, num_new, out)
+            if table is None:
+                break
+            out.scheduled.append(ScheduledRequest(request, num_new, table))
+            budget -= num_new
+            index += 1
+        if out.preempted:
+            return out  # memory is short: do not admit new work in the same step
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            hits, num_hit_tokens = self.block_manager.get_computed_blocks(
+                request.request_id, request.token_ids, request.cache_salt)
+            num_new = min(request.num_tokens - num_hit_tokens, budget)
+            table = self.block_manager.allocate_slots(
+                request.request_id, request.token_ids, num_hit_tokens, num_new, hits,
+                request.cache_salt)
+            if table is None:
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_hit_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit_tokens
+            self.running.append(request)
+            out.scheduled.append(ScheduledRequest(request, num_new, table))
+            budget -= num_new
+        return out
+
+    def _allocate_or_preempt(self, request: Request, num_new: int, out: SchedulerOutput
+                             ) -> list[int] | None:
+        while True:
+            table = self.block_manager.allocate_slots(
+                request.request_id, request.token_ids, request.num_computed_tokens, num_new)
+            if table is not None:
+                return table
+            # Victims come from the tail, so a request already scheduled this step (nearer
+            # the head) is never preempted after the fact.
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is request:
+                return None
+
+    def _preempt(self, request: Request) -> None:
+        self.block_manager.free(request.request_id)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        """Take the request out of the queues and return its blocks (idempotent)."""
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request.request_id)
+        if not request.is_finished:
+            request.status = status

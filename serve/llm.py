@@ -1,0 +1,87 @@
+"""The offline API, shaped like vLLM's: ``LLM(model=...).generate(prompts, SamplingParams())``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from model.sampling_params import SamplingParams
+from serve.engine.config import EngineConfig
+from serve.engine.factory import create_engine
+from serve.engine.request import RequestOutput
+from serve.engine.scheduler import QueueFullError
+
+Prompt = str | Sequence[int]
+Message = Mapping[str, str]
+
+
+def _is_single_prompt(prompts: Any) -> bool:
+    if isinstance(prompts, str):
+        return True
+    return isinstance(prompts, Sequence) and bool(prompts) and isinstance(prompts[0], int)
+
+
+class LLM:
+    """Batch generation on one model copy (tp ranks included) in this process.
+
+    ``model`` is a checkpoint directory or a preset name; None means the embedded default
+    (SmolLM2-135M-Instruct, converted on first use).
+    """
+
+    def __init__(self, model: str | None = None, **engine_args: Any) -> None:
+        if model is None:
+            from model.smollm2 import ensure_smollm2
+
+            model = str(ensure_smollm2())
+        self.engine = create_engine(EngineConfig(model=str(model), **engine_args))
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 cache_salt: str | None = None) -> list[RequestOutput]:
+        """One finished output per prompt, in the order given."""
+        batch: list[Prompt] = [prompts] if _is_single_prompt(prompts) else list(prompts)
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params = [sampling_params or SamplingParams()] * len(batch)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(batch):
+                raise ValueError(f"got {len(params)} sampling_params for {len(batch)} prompts; "
+                                 "pass one, or one per prompt")
+        ids = [f"offline-{next(self._ids)}" for _ in batch]
+        results: dict[str, RequestOutput] = {}
+        pending = list(zip(ids, batch, params, strict=True))
+        try:
+            while pending or self.engine.has_unfinished_requests():
+                while pending:
+                    request_id, prompt, sampling = pending[0]
+                    try:
+                        self.engine.add_request(request_id, prompt, sampling, cache_salt)
+                    except QueueFullError:
+                        break
+                    pending.pop(0)
+                for output in self.engine.step():
+                    if output.finished:
+                        results[output.request_id] = output
+        except BaseException:
+            self.engine.abort([i for i in ids if i not in results])
+            self.engine.step()
+            raise
+        return [results[request_id] for request_id in ids]
+
+    def chat(self, messages: Sequence[Message] | Sequence[Sequence[Message]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+             ) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation, then generate."""
+        conversations = ([messages] if messages and isinstance(messages[0], Mapping)
+                         else list(messages))
+        prompts = [self.tokenizer.apply_chat_template(list(c)) for c in conversations]
+        return self.generate(prompts, sampling_params)
+
+    def shutdown(self) -> None:
+        self.engine.executor.shutdown()
