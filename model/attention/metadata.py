@@ -13,7 +13,8 @@ A's new token sits at position 6 → block 6 // 4 = 1 of its table (block 2), of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,9 @@ class AttentionMetadata:
     seq_lens_host: list[int]
     block_size: int
     sliding_window: int | None = None
+    # Per-step values a backend derives once and reuses in every layer (gather indices,
+    # masks); the layers of one step share this metadata object.
+    scratch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:

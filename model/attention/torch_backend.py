@@ -48,6 +48,20 @@ def context_mask(query_positions: torch.Tensor, length: int,
     return mask
 
 
+def _decode_plan(meta: AttentionMetadata, rows: list[int], starts: list[int], block_size: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token index, context slots [rows, length] and mask [rows, 1, 1, length] of the decode
+    rows: the same for every layer of the step, so computed once."""
+    token_index = torch.tensor([starts[s] for s in rows], device=device)
+    seq_lens = torch.tensor([meta.seq_lens_host[s] for s in rows], device=device)
+    length = max(meta.seq_lens_host[s] for s in rows)
+    tables = meta.block_tables[torch.tensor(rows, device=device)]
+    positions = torch.arange(length, device=device)
+    slots = tables[:, positions // block_size].long() * block_size + positions % block_size
+    mask = context_mask((seq_lens - 1).unsqueeze(-1), length, meta.sliding_window)
+    return token_index, slots, mask.unsqueeze(1)
+
+
 class TorchAttentionBackend:
     name = "torch"
 
@@ -66,16 +80,17 @@ class TorchAttentionBackend:
 
     def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
                 rows: list[int], starts: list[int], out: torch.Tensor, scale: float) -> None:
-        token_index = torch.tensor([starts[s] for s in rows], device=q.device)
-        seq_lens = torch.tensor([meta.seq_lens_host[s] for s in rows], device=q.device)
-        length = max(meta.seq_lens_host[s] for s in rows)
-        tables = meta.block_tables[torch.tensor(rows, device=q.device)]
-        keys = gather_context(kv_cache[0], tables, length).transpose(1, 2)
-        values = gather_context(kv_cache[1], tables, length).transpose(1, 2)
-        mask = context_mask((seq_lens - 1).unsqueeze(-1), length, meta.sliding_window)
+        plan = meta.scratch.get("decode")
+        if plan is None:
+            plan = meta.scratch["decode"] = _decode_plan(meta, rows, starts, kv_cache.shape[2],
+                                                         q.device)
+        token_index, slots, mask = plan
+        num_kv_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
+        keys = kv_cache[0].view(-1, num_kv_heads, head_dim)[slots].transpose(1, 2)
+        values = kv_cache[1].view(-1, num_kv_heads, head_dim)[slots].transpose(1, 2)
         query = q[token_index].unsqueeze(2)  # [rows, heads, 1, head_dim]
         attended = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=True
+            query, keys, values, attn_mask=mask, scale=scale, enable_gqa=True
         )
         out[token_index] = attended.squeeze(2)
 
