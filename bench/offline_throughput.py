@@ -21,15 +21,40 @@ def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[l
     return torch.randint(100, vocab, (batch, prompt_len), generator=gen).tolist()
 
 
-def run_engine(llm, prompts: list[list[int]], max_tokens: int) -> float:
+def mixed_workload(count: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Prompt and output lengths drawn uniformly from [16, 256]: the shape of real traffic,
+    where a static batch waits for its longest member."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lens = torch.randint(16, 257, (count,), generator=gen).tolist()
+    output_lens = torch.randint(16, 257, (count,), generator=gen).tolist()
+    prompts = [torch.randint(100, vocab, (n,), generator=gen).tolist() for n in prompt_lens]
+    return prompts, output_lens
+
+
+def run_engine(llm, prompts: list[list[int]], max_tokens: int | list[int]) -> float:
     from model.sampling_params import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    lengths = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start
-    assert all(len(o.outputs[0].token_ids) == max_tokens for o in outputs)
+    assert [len(o.outputs[0].token_ids) for o in outputs] == lengths
     return elapsed
+
+
+def run_hf_batches(model, prompts: list[list[int]], output_lens: list[int], batch: int) -> float:
+    """HF static batching: left-padded batches of ``batch``, each run to its longest output."""
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        chunk, lens = prompts[i:i + batch], output_lens[i:i + batch]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=max(lens),
+                           min_new_tokens=max(lens), do_sample=False, pad_token_id=0)
+    return time.perf_counter() - start
 
 
 def run_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
@@ -44,24 +69,48 @@ def run_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
     return elapsed
 
 
+def write_tiny_mistral() -> str:
+    """Random weights through the real HF save path; per-step overhead dominates here."""
+    import tempfile
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    directory = Path(tempfile.mkdtemp(prefix="tiny-mistral-"))
+    config = MistralConfig(vocab_size=32000, hidden_size=64, intermediate_size=160,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=16, max_position_embeddings=4096)
+    MistralForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    from model.tokenizer import bundled_mistral_v1_path
+
+    (directory / "tokenizer.model").write_bytes(bundled_mistral_v1_path().read_bytes())
+    return str(directory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="checkpoint dir; default: SmolLM2")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a random 2-layer Mistral (hidden 64) written to a temp dir")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16])
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--mixed-requests", type=int, default=0,
+                        help="also run N requests of mixed prompt/output lengths")
     args = parser.parse_args()
 
     from serve.llm import LLM
 
-    if args.model is None:
+    if args.tiny:
+        args.model = write_tiny_mistral()
+    elif args.model is None:
         from model.smollm2 import ensure_smollm2
 
         args.model = str(ensure_smollm2())
     torch.manual_seed(0)
-    llm = LLM(args.model, dtype=args.dtype, num_kv_blocks=4096)
+    llm = LLM(args.model, dtype=args.dtype, num_kv_blocks=4096,
+              max_num_seqs=max(args.batch_sizes))
     vocab = llm.engine.model_config.vocab_size
     hf_model = None
     if not args.skip_hf:
@@ -89,6 +138,21 @@ def main() -> None:
                               "seconds": round(hf_s, 3), "tokens_per_s": round(hf_tps, 1)}))
             print(json.dumps({**common, "figure": "engine_over_hf", "batch": batch,
                               "ratio": round(engine_tps / hf_tps, 2)}), flush=True)
+    if args.mixed_requests:
+        batch = max(args.batch_sizes)
+        prompts, output_lens = mixed_workload(args.mixed_requests, vocab, seed=7)
+        useful = sum(output_lens)
+        mixed = {**common, "workload": f"{args.mixed_requests} requests, lengths 16-256",
+                 "batch": batch, "prompt_len": "16-256", "max_tokens": "16-256"}
+        engine_s = run_engine(llm, prompts, output_lens)
+        print(json.dumps({**mixed, "system": "engine", "seconds": round(engine_s, 3),
+                          "tokens_per_s": round(useful / engine_s, 1)}), flush=True)
+        if hf_model is not None:
+            hf_s = run_hf_batches(hf_model, prompts, output_lens, batch)
+            print(json.dumps({**mixed, "system": "hf_transformers", "seconds": round(hf_s, 3),
+                              "tokens_per_s": round(useful / hf_s, 1)}))
+            print(json.dumps({**mixed, "figure": "engine_over_hf",
+                              "ratio": round(hf_s / engine_s, 2)}), flush=True)
 
 
 if __name__ == "__main__":
