@@ -1,0 +1,97 @@
+"""The prefix index contract: which replica holds which KV blocks, which replica serves a session.
+
+Engines publish their prefix-cache events through ``PrefixIndex.publisher(replica_id)``; the
+router asks ``match_prefix`` for the longest cached prefix of a prompt on every replica and
+``get_session`` for session affinity. The index is advisory: a stale or missing entry only
+costs a cache miss, never a wrong answer, so implementations prefer a fast fallback (``{}``,
+``None``) over an error.
+
+The leading-count rule (``match_prefix``), worked example. A prompt has four blocks with
+chained keys ``k0 k1 k2 k3`` and the index knows::
+
+    k0: {A, B}    k1: {A, B}    k2: {B}    k3: {A, B}
+
+A holds k0 and k1 but not k2, so its count stops at 2 even though it also holds k3 (a hit
+needs every block before it: the KV of block 3 was computed over tokens A lacks). B holds all
+four. A replica holding none of k0 is left out of the result::
+
+    match_prefix([k0, k1, k2, k3]) == {"A": 2, "B": 4}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from serve.engine.block_hash import BlockHash
+from serve.engine.kv_events import BlockStored, KVEventSink
+
+
+class IndexPublisher(KVEventSink, Protocol):
+    """The sink one replica's engine publishes to (``KVEventSink``), plus a full resync."""
+
+    @property
+    def replica_id(self) -> str:
+        """The replica whose engine publishes here."""
+        ...
+
+    def resync(self, stored: Sequence[BlockStored]) -> None:
+        """Replace everything the index holds for this replica with ``stored``.
+
+        A replica calls it with every block in its prefix cache after it (or the index)
+        restarted, or periodically to refresh expiry of long-lived blocks; it costs one round
+        trip per few thousand blocks, so it is not for the per-step hot path.
+        """
+        ...
+
+
+class PrefixIndex(Protocol):
+    """Block key -> replicas holding it, and session id -> replica, with expiry."""
+
+    def publisher(self, replica_id: str) -> IndexPublisher:
+        """A sink for the engine on ``replica_id``: ``publish(events)`` applies one batch."""
+        ...
+
+    def match_prefix(self, block_hashes: Sequence[BlockHash]) -> dict[str, int]:
+        """Per replica, how many LEADING blocks of the prompt it holds (see the module doc).
+
+        Replicas with a count of 0 are left out; ``{}`` means no hit anywhere, or the index is
+        unavailable (routing then falls back to load). One round trip for the whole prompt.
+        """
+        ...
+
+    def get_session(self, session_id: str) -> str | None:
+        """The replica that served ``session_id`` last, or None (unknown, expired, removed)."""
+        ...
+
+    def set_session(self, session_id: str, replica_id: str, ttl_s: float | None = None) -> None:
+        """Pin ``session_id`` to ``replica_id`` for ``ttl_s`` seconds (the index default if None)."""
+        ...
+
+    def remove_replica(self, replica_id: str) -> None:
+        """Forget a dead or scaled-down replica: all its blocks, and the sessions pinned to it."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the index must not be used afterwards."""
+        ...
+
+
+def leading_block_counts(holders: Sequence[Collection[str]]) -> dict[str, int]:
+    """The leading-count rule over ``holders[i]`` = the replicas holding block ``i``.
+
+    The reference the implementations are tested against (they compute the same thing with
+    bitmasks or server-side). With the module example,
+    ``leading_block_counts([{"A", "B"}, {"A", "B"}, {"B"}, {"A", "B"}]) == {"A": 2, "B": 4}``.
+    """
+    counts: dict[str, int] = {}
+    active = set(holders[0]) if holders else set()
+    for index, holding in enumerate(holders[1:], start=1):
+        for replica in active.difference(holding):
+            counts[replica] = index
+        active.intersection_update(holding)
+        if not active:
+            break
+    for replica in active:
+        counts[replica] = len(holders)
+    return counts
