@@ -69,6 +69,10 @@ class BlockPool:
         """Free block ids in eviction order (head first); for tests and debugging."""
         return list(self._free_queue)
 
+    def cached_hashes(self) -> list[BlockHash]:
+        """Every key currently cached, for republishing the index after it lost its state."""
+        return list(self._cached)
+
     def get_cached_block(self, block_hash: BlockHash) -> KVCacheBlock | None:
         return self._cached.get(block_hash)
 

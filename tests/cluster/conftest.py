@@ -7,42 +7,17 @@ leaks its placement group makes the next tp=4 test fail instead of passing by lu
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import write_tiny_checkpoint
-from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config
-
-NUM_CPUS = 4
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config, write_tiny_checkpoint
 
 # 44M parameters, 171 MiB in fp32, most of it in the vocabulary-parallel embedding and LM
 # head: large enough that a rank holding half of it shows in its resident memory.
 BIG_CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536,
                   num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
                   head_dim=64)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    saved = {name: os.environ.get(name) for name in RAY_ENV}
-    os.environ.update(RAY_ENV)  # before ray.init: the raylet and its workers inherit them
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

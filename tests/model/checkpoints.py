@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,13 @@ def save_hf_checkpoint(directory: Path, config: Any, seed: int = 0) -> Any:
                 param.normal_(0.0, 0.08)
     model.save_pretrained(directory, safe_serialization=True)
     return model
+
+
+def write_tiny_checkpoint(directory: Path, **overrides: Any) -> Path:
+    """A 2-layer Mistral with the full 32,000-token vocabulary and the real v1 tokenizer
+    file, so text prompts and chat work end to end."""
+    from model.tokenizer import bundled_mistral_v1_path
+
+    save_hf_checkpoint(directory, tiny_mistral_config(vocab_size=32000, **overrides))
+    shutil.copy(bundled_mistral_v1_path(), directory / "tokenizer.model")
+    return directory

@@ -22,7 +22,7 @@ def test_model_imports_no_ray_or_grpc(package: str) -> None:
     assert not {m for m in modules if m.split(".")[0] in ("ray", "grpc")}
 
 
-@pytest.mark.parametrize("package", ["serve", "cluster", "proto", "serve.engine.block_hash"])
+@pytest.mark.parametrize("package", ["serve", "cluster", "serve.grpc_api", "serve.engine.block_hash"])
 def test_light_packages_import_no_torch(package: str) -> None:
     modules = imported_after(f"import {package}")
     assert not {m for m in modules if m.split(".")[0] in ("torch", "ray", "grpc")}

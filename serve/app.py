@@ -1,0 +1,108 @@
+"""Build the Serve application from a ServeConfig, and export it as a Serve config file.
+
+The same ``build`` is the import path of the exported config (``serve.app:build``), so
+``mistral-serve up``, ``serve deploy`` and the Helm chart run one construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from model.config import ModelConfig
+from serve.config import ServeConfig
+from serve.ingress import Ingress
+from serve.llm_server import LLMServer
+
+GRPC_SERVICER = "serve.grpc_api.llm_pb2_grpc.add_LLMServiceServicer_to_server"
+ROUTER_PATH = "serve.router:PrefixSessionRouter"
+
+
+def engine_settings(config: ServeConfig, model: str) -> dict[str, Any]:
+    return {"model": model, "tensor_parallel_size": config.tensor_parallel_size,
+            **config.engine}
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def llm_server_options(config: ServeConfig) -> dict[str, Any]:
+    """Replica resources: bundle 0 for the replica, then one bundle per tensor-parallel rank
+    (a GPU each on GPU clusters), STRICT_PACK so a model copy never spans nodes."""
+    tp = config.tensor_parallel_size
+    gpu = config.engine.get("device", "auto") != "cpu" and (
+        config.accelerator == "gpu" or (config.accelerator == "auto" and _cluster_has_gpus()))
+    options: dict[str, Any] = {
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "request_router_config": RequestRouterConfig(
+            request_router_class=ROUTER_PATH,
+            request_router_kwargs={"redis_url": config.redis_url,
+                                   "session_ttl_s": config.session_ttl_s},
+            request_routing_stats_period_s=2.0),
+        "graceful_shutdown_timeout_s": 30.0,
+        "health_check_period_s": 10.0,
+    }
+    if config.autoscaling is not None:
+        bounds = config.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": bounds.min_replicas, "max_replicas": bounds.max_replicas,
+            "target_ongoing_requests": bounds.target_ongoing_requests}
+    else:
+        options["num_replicas"] = config.replicas
+    if tp == 1:
+        options["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1 if gpu else 0}
+    else:
+        worker = {"GPU": 1} if gpu else {"CPU": 1}
+        options["ray_actor_options"] = {"num_cpus": 0.5}
+        options["placement_group_bundles"] = [{"CPU": 0.5}] + [dict(worker)] * tp
+        options["placement_group_strategy"] = "STRICT_PACK"
+    return options
+
+
+def build_app(config: ServeConfig) -> Any:
+    model = config.resolved_model()
+    model_config = ModelConfig.from_pretrained(model)
+    engine = engine_settings(config, model)
+    max_model_len = engine.get("max_model_len") or model_config.max_position_embeddings
+    llm = LLMServer.options(**llm_server_options(config)).bind(engine, config.redis_url, config.index_resync_s)
+    settings = {"engine": engine, "model_name": config.model or "SmolLM2-135M-Instruct",
+                "max_model_len": max_model_len, "api_key": config.api_key,
+                "limits": config.limits.model_dump()}
+    return Ingress.options(num_replicas=config.ingress_replicas,
+                           ray_actor_options={"num_cpus": 0.25}).bind(llm, settings)
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Serve application builder: ``import_path: serve.app:build`` with ServeConfig args.
+
+    The environment fills what the args leave out, so secrets (API key, Redis password in
+    the URL) reach the app from Kubernetes Secrets instead of the plain-text Serve config.
+    """
+    return build_app(ServeConfig.from_env(**args))
+
+
+def serve_config(config: ServeConfig) -> dict[str, Any]:
+    """A Serve config (``serve deploy`` / KubeRay ``serveConfigV2``) for this ServeConfig."""
+    args = config.model_dump(exclude_none=True, exclude={"grpc_port", "http_port", "host"})
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": config.http_port},
+        "grpc_options": {"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        "applications": [{"name": config.app_name, "route_prefix": "/",
+                          "import_path": "serve.app:build", "args": args}],
+    }
+
+
+def start_serve(config: ServeConfig) -> None:
+    """Start Serve's proxies (HTTP and gRPC) on this Ray cluster and run the app."""
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    serve.start(http_options=HTTPOptions(host=config.host, port=config.http_port),
+                grpc_options=gRPCOptions(port=config.grpc_port,
+                                         grpc_servicer_functions=[GRPC_SERVICER]))
+    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)

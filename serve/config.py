@@ -1,0 +1,92 @@
+"""Service configuration: one pydantic model, the single place that reads the environment.
+
+Defaults embed: no flags means a local Ray, the SmolLM2 checkpoint, the in-process prefix
+index, gRPC on 9000 and HTTP on 8000. The same model is exported as a Serve config YAML for
+``serve deploy`` and for the Helm chart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+API_KEY_ENV = "MISTRAL_SERVE_API_KEY"
+REDIS_URL_ENV = "MISTRAL_SERVE_REDIS_URL"
+MODEL_ENV = "MISTRAL_SERVE_MODEL"
+
+
+class AutoscalingBounds(BaseModel):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    # The LLM signals the custom policy scales on (see serve/autoscaling.py).
+    target_waiting_requests: float = Field(4.0, ge=0)
+    target_kv_cache_usage: float = Field(0.85, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingBounds:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas "
+                             f"({self.max_replicas})")
+        return self
+
+
+class Limits(BaseModel):
+    max_prompt_tokens: int | None = Field(None, ge=1)  # None: the model's context
+    max_new_tokens: int = Field(4096, ge=1)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class ServeConfig(BaseModel):
+    """Everything ``up`` needs; every field has an embedded default."""
+
+    model: str | None = None  # None: the embedded SmolLM2 checkpoint
+    tensor_parallel_size: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+    # "gpu": one GPU per tensor-parallel rank; "cpu": CPU workers (tests, laptops);
+    # "auto": GPUs when the Ray cluster has any.
+    accelerator: str = Field("auto", pattern="^(auto|cpu|gpu)$")
+    autoscaling: AutoscalingBounds | None = None
+    redis_url: str | None = None  # None: the in-process index (a Ray actor)
+    api_key: str | None = None
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    http_port: int = Field(8000, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    app_name: str = "mistral"
+    limits: Limits = Field(default_factory=Limits)
+    session_ttl_s: float = Field(1800.0, gt=0)
+    # How often replicas republish their cached blocks (refills a restarted Redis).
+    index_resync_s: float = Field(30.0, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    # Passed to EngineConfig (dtype, block_size, kv_cache_memory, max_model_len, ...).
+    engine: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"tensor_parallel_size must be a power of two, got {value}")
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServeConfig:
+        """Explicit values win; the environment fills what was not given."""
+        values: dict[str, Any] = {}
+        if os.environ.get(MODEL_ENV):
+            values["model"] = os.environ[MODEL_ENV]
+        if os.environ.get(REDIS_URL_ENV):
+            values["redis_url"] = os.environ[REDIS_URL_ENV]
+        if os.environ.get(API_KEY_ENV):
+            values["api_key"] = os.environ[API_KEY_ENV]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def resolved_model(self) -> str:
+        if self.model is not None:
+            return self.model
+        from model.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())

@@ -1,0 +1,68 @@
+"""Between the public protobuf messages and the engine's types, validating on the way in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.sampling_params import SamplingParams
+from serve.errors import invalid
+from serve.grpc_api import llm_pb2
+from serve.protocol import ServeChunk
+
+_OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+             "presence_penalty", "frequency_penalty", "seed", "logprobs", "min_tokens")
+MAX_ID_LENGTH = 256
+
+
+def sampling_params(message: Any, max_new_tokens: int) -> SamplingParams:
+    """Unset fields keep SamplingParams' defaults; bad values raise INVALID_ARGUMENT."""
+    values: dict[str, Any] = {name: getattr(message, name) for name in _OPTIONAL
+                              if message.HasField(name)}
+    values["stop"] = list(message.stop) or None
+    values["stop_token_ids"] = list(message.stop_token_ids) or None
+    values["ignore_eos"] = message.ignore_eos
+    values["include_stop_str_in_output"] = message.include_stop_str_in_output
+    requested = values.get("max_tokens")
+    if requested is not None and requested > max_new_tokens:
+        raise invalid(f"max_tokens is {requested}, above this service's limit of "
+                      f"{max_new_tokens}; ask for fewer tokens")
+    values.setdefault("max_tokens", min(256, max_new_tokens))
+    try:
+        return SamplingParams(**values)
+    except (ValueError, TypeError) as exc:
+        raise invalid(f"sampling: {exc}") from None
+
+
+def check_identifier(name: str, value: str) -> str | None:
+    """Session ids and cache salts are opaque short strings; empty means absent."""
+    if not value:
+        return None
+    if len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise invalid(f"{name} must be a printable string of at most {MAX_ID_LENGTH} "
+                      f"characters, got {len(value)} characters")
+    return value
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    if not messages:
+        raise invalid("messages is empty; send at least one user message")
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def response(chunk: ServeChunk) -> Any:
+    message = llm_pb2.GenerateResponse(
+        request_id=chunk.request_id, text=chunk.text, token_ids=chunk.token_ids,
+        finish_reason=chunk.finish_reason or "",
+        stop_reason="" if chunk.stop_reason is None else str(chunk.stop_reason),
+        replica_id=chunk.replica_id)
+    for token_id, entry in zip(chunk.token_ids, chunk.logprobs, strict=False):
+        top = [llm_pb2.TopLogprob(token_id=t, logprob=lp)
+               for t, lp in sorted(entry.items(), key=lambda kv: -kv[1])]
+        message.logprobs.append(llm_pb2.TokenLogprobs(token_id=token_id,
+                                                      logprob=entry.get(token_id, 0.0),
+                                                      top=top))
+    if chunk.finish_reason is not None:
+        message.usage.CopyFrom(llm_pb2.Usage(prompt_tokens=chunk.prompt_tokens,
+                                             completion_tokens=chunk.completion_tokens,
+                                             cached_tokens=chunk.cached_tokens))
+    return message

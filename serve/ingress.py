@@ -1,0 +1,160 @@
+"""The front door: Serve's gRPC proxy calls these methods by RPC name.
+
+It authenticates, tokenizes and validates, hashes the prompt's blocks for the router, and
+streams the LLMServer's chunks back. Errors become gRPC statuses with a message: the code
+and details are set on the Serve gRPC context before raising, which Serve's proxy passes to
+the client as they are (an exception alone would reach the client as INTERNAL).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+import grpc
+from ray import serve
+
+from serve.convert import chat_messages, check_identifier, response, sampling_params
+from serve.engine.block_hash import hash_prompt_blocks
+from serve.engine.factory import load_engine_tokenizer
+from serve.errors import CODES, ServiceError, invalid
+from serve.grpc_api import llm_pb2
+from serve.protocol import ServeRequest
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@serve.deployment(name="Ingress")
+class Ingress:
+    def __init__(self, llm_server: Any, settings: dict[str, Any]) -> None:
+        from serve.engine.config import EngineConfig
+
+        self.llm = llm_server.options(stream=True)
+        self.settings = settings
+        engine = EngineConfig(**settings["engine"])
+        self.tokenizer = load_engine_tokenizer(engine)
+        self.block_size = engine.block_size
+        self.max_model_len: int = settings["max_model_len"]
+        self.api_key: str | None = settings.get("api_key")
+        limits = settings["limits"]
+        self.max_prompt_tokens = min(limits.get("max_prompt_tokens") or self.max_model_len,
+                                     self.max_model_len - 1)
+        self.max_new_tokens: int = limits["max_new_tokens"]
+        self.max_message_bytes: int = limits["max_message_bytes"]
+
+    # ---- RPCs ---------------------------------------------------------------------------
+
+    async def Generate(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+        def build() -> ServeRequest:
+            if request.WhichOneof("prompt") == "token_ids":
+                ids = list(request.token_ids.ids)
+            elif request.WhichOneof("prompt") == "text":
+                ids = self.tokenizer.encode(request.text)
+            else:
+                raise invalid("set prompt: either text or token_ids")
+            return self._serve_request(ids, request)
+
+        async for message in self._stream(grpc_context, request, build):
+            yield message
+
+    async def Chat(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+        def build() -> ServeRequest:
+            try:
+                ids = self.tokenizer.apply_chat_template(chat_messages(request.messages))
+            except ValueError as exc:
+                raise invalid(f"messages: {exc}") from None
+            return self._serve_request(ids, request)
+
+        async for message in self._stream(grpc_context, request, build):
+            yield message
+
+    async def Tokenize(self, request: Any, grpc_context: Any = None) -> Any:
+        try:
+            self._authenticate(grpc_context)
+            self._check_size(request)
+            if request.WhichOneof("input") == "chat":
+                ids = self.tokenizer.apply_chat_template(chat_messages(request.chat.messages))
+            else:
+                ids = self.tokenizer.encode(request.text, add_bos=request.add_bos)
+        except ServiceError as exc:
+            self._fail(grpc_context, exc.code, exc.message)
+        except ValueError as exc:
+            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return llm_pb2.TokenizeResponse(token_ids=ids)
+
+    async def ModelInfo(self, request: Any, grpc_context: Any = None) -> Any:
+        try:
+            self._authenticate(grpc_context)
+        except ServiceError as exc:
+            self._fail(grpc_context, exc.code, exc.message)
+        engine = self.settings["engine"]
+        return llm_pb2.ModelInfoResponse(
+            model=self.settings["model_name"], max_model_len=self.max_model_len,
+            vocab_size=self.tokenizer.vocab_size, block_size=self.block_size,
+            tensor_parallel_size=engine.get("tensor_parallel_size", 1), version=VERSION)
+
+    # ---- shared -----------------------------------------------------------------------------
+
+    def _authenticate(self, grpc_context: Any) -> None:
+        if not self.api_key:
+            return
+        metadata = dict(grpc_context.invocation_metadata()) if grpc_context else {}
+        offered = metadata.get("x-api-key") or ""
+        bearer = metadata.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            offered = bearer[7:]
+        if not hmac.compare_digest(offered.encode(), self.api_key.encode()):
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED,
+                               "missing or wrong API key: send metadata "
+                               "'authorization: Bearer <key>'")
+
+    def _serve_request(self, ids: list[int], request: Any) -> ServeRequest:
+        if len(ids) > self.max_prompt_tokens:
+            raise invalid(f"the prompt has {len(ids)} tokens; the limit is "
+                          f"{self.max_prompt_tokens} (context {self.max_model_len} tokens, "
+                          "with room for the answer): shorten the prompt")
+        if not ids:
+            raise invalid("the prompt is empty")
+        params = sampling_params(request.sampling, self.max_new_tokens)
+        salt = check_identifier("cache_salt", request.cache_salt)
+        return ServeRequest(
+            request_id=check_identifier("request_id", request.request_id)
+            or uuid.uuid4().hex,
+            prompt_token_ids=ids, params=params,
+            session_id=check_identifier("session_id", request.session_id),
+            cache_salt=salt,
+            block_hashes=hash_prompt_blocks(ids, self.block_size, salt))
+
+    def _check_size(self, request: Any) -> None:
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the request is {size} bytes; this service accepts at most "
+                               f"{self.max_message_bytes} bytes: send a shorter prompt")
+
+    async def _stream(self, grpc_context: Any, request: Any,
+                      build: Callable[[], ServeRequest]) -> AsyncIterator[Any]:
+        try:
+            self._authenticate(grpc_context)
+            self._check_size(request)
+            serve_request = build()
+        except ServiceError as exc:
+            self._fail(grpc_context, exc.code, exc.message)
+        async for chunk in self.llm.generate.remote(serve_request):
+            if chunk.error_code is not None:
+                self._fail(grpc_context, CODES[chunk.error_code], chunk.error or "")
+            yield response(chunk)
+
+    @staticmethod
+    def _fail(grpc_context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+        """Set the status for Serve's proxy and raise; without a context (direct calls in
+        tests), the ServiceError itself carries code and message."""
+        if grpc_context is not None:
+            grpc_context.set_code(code)
+            grpc_context.set_details(message)
+        raise ServiceError(code, message)

@@ -1,0 +1,47 @@
+"""What the ingress hands an LLMServer replica, and what streams back.
+
+Plain dataclasses: Serve pickles them between processes, and the router reads
+``block_hashes`` and ``session_id`` from the pending request without touching the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.sampling_params import SamplingParams
+
+# Error kinds carried in-band: raising through Serve would turn every error into INTERNAL
+# with a stack trace, so the replica reports them and the ingress maps them to gRPC codes.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+UNAVAILABLE = "UNAVAILABLE"
+INTERNAL = "INTERNAL"
+
+
+@dataclass
+class ServeRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    session_id: str | None = None
+    cache_salt: str | None = None
+    # The prompt's chained block keys (serve.engine.block_hash), for prefix-aware routing.
+    block_hashes: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class ServeChunk:
+    """New output since the previous chunk of the same request."""
+
+    request_id: str
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    replica_id: str = ""
+    error_code: str | None = None
+    error: str | None = None

@@ -1,0 +1,228 @@
+"""The service end to end: real Ray Serve, its gRPC proxy over a socket, real redis-server.
+
+Two LLMServer replicas and two ingress replicas share one Redis prefix index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from model.sampling_params import SamplingParams
+from serve import LLM
+from serve.client import AsyncLLMClient, InvalidArgument, LLMClient, Unauthenticated
+from serve.grpc_api import llm_pb2, llm_pb2_grpc
+from tests.serve.conftest import RedisServer, free_port
+
+API_KEY = "test-key"
+BLOCK_SIZE = 16
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: None, tiny_checkpoint: Path, redis_server: RedisServer) -> Iterator[str]:
+    from ray import serve
+
+    from serve.app import start_serve
+    from serve.config import ServeConfig
+
+    config = ServeConfig(
+        model=str(tiny_checkpoint),
+        replicas=2,
+        ingress_replicas=2,
+        redis_url=redis_server.url,
+        api_key=API_KEY,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        accelerator="cpu",
+        engine={"num_kv_blocks": 512, "dtype": "float32"},
+        index_resync_s=1.0,
+    )
+    start_serve(config)
+    yield f"localhost:{config.grpc_port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+def client(service: str) -> Iterator[LLMClient]:
+    with LLMClient(service, api_key=API_KEY, timeout_s=60) as c:
+        yield c
+
+
+def llm_server_stats(replicas: int = 2) -> list[dict]:
+    """Each LLMServer replica's engine stats, through Serve's own handle (the router sends
+    a call with no prompt to a random replica, so ask until every replica has answered)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("LLMServer", "mistral")
+    seen: dict[str, dict] = {}
+    for _ in range(60):
+        stats = handle.stats.remote().result(timeout_s=10)
+        seen[stats["replica_id"]] = stats
+        if len(seen) == replicas:
+            break
+    return list(seen.values())
+
+
+def test_streaming_matches_offline_engine(client: LLMClient, tiny_checkpoint: Path) -> None:
+    offline = LLM(str(tiny_checkpoint), num_kv_blocks=128, dtype="float32")
+    params = SamplingParams(max_tokens=12, **GREEDY)
+    prompt = "The quick brown fox"
+    expected = offline.generate(prompt, params)[0].outputs[0]
+    chunks = list(client.stream_generate(prompt, max_tokens=12, **GREEDY))
+    assert [t for c in chunks for t in c.token_ids] == expected.token_ids
+    assert "".join(c.text for c in chunks) == expected.text
+    assert chunks[-1].finish_reason == "length"
+
+    messages = [{"role": "user", "content": "Say something."}]
+    expected_chat = offline.chat(messages, params)[0].outputs[0]
+    completion = client.chat(messages, max_tokens=12, **GREEDY)
+    assert completion.token_ids == expected_chat.token_ids
+    assert completion.text == expected_chat.text
+
+
+def _conversation_turns(
+    client: LLMClient, session_id: str | None, turns: int = 5
+) -> list[tuple[str, int, int]]:
+    """(replica, cached tokens, prompt tokens) per turn, resending the whole history."""
+    messages: list[dict[str, str]] = []
+    seen = []
+    for turn in range(turns):
+        messages.append(
+            {
+                "role": "user",
+                "content": f"Turn {turn}: tell me about item {turn} "
+                "in some detail, please, with examples and counterexamples.",
+            }
+        )
+        completion = client.chat(messages, max_tokens=24, session_id=session_id, **GREEDY)
+        seen.append(
+            (completion.replica_id, completion.usage.cached_tokens, completion.usage.prompt_tokens)
+        )
+        messages.append({"role": "assistant", "content": completion.text})
+    return seen
+
+
+def test_session_stays_on_one_replica_and_reuses_its_cache(client: LLMClient) -> None:
+    seen = _conversation_turns(client, session_id="conversation-a")
+    assert len({replica for replica, _, _ in seen}) == 1
+    for (_, cached, _), (_, _, previous_prompt) in zip(seen[1:], seen, strict=False):
+        # Everything of the previous turn that filled whole blocks is served from cache.
+        assert cached >= (previous_prompt // BLOCK_SIZE) * BLOCK_SIZE - BLOCK_SIZE
+        assert cached > 0
+
+
+def test_prefix_routing_finds_the_replica_without_a_session(client: LLMClient) -> None:
+    with_session = _conversation_turns(client, session_id="conversation-b", turns=3)
+    owner = with_session[0][0]
+    # The same conversation again without its session id: the router finds the replica
+    # holding its prefix in the index, from whichever ingress replica takes the request.
+    for _ in range(4):
+        again = _conversation_turns(client, session_id=None, turns=2)
+        assert {replica for replica, _, _ in again} == {owner}
+        assert again[0][1] > 0
+
+
+def test_redis_outage_degrades_to_load_routing(client: LLMClient,
+                                               redis_server: RedisServer) -> None:
+    from serve.engine.block_hash import hash_prompt_blocks
+    from serve.prefix_index import RedisPrefixIndex
+
+    messages = [{"role": "user", "content": "Before the outage: a question long enough to "
+                 "fill a few blocks of sixteen tokens each, so the index has entries."}]
+    before = client.chat(messages, max_tokens=4, **GREEDY)
+    hashes = hash_prompt_blocks(client.tokenize(messages), BLOCK_SIZE)
+    redis_server.stop()
+    try:
+        for i in range(4):
+            completion = client.generate(f"outage request {i}", max_tokens=4, **GREEDY)
+            assert completion.finish_reason == "length"
+    finally:
+        redis_server.start()  # empty: a restarted Redis without persistence lost every key
+    # The replicas republish what they hold; the index refills without any new request.
+    index = RedisPrefixIndex(redis_server.url)
+    deadline = time.monotonic() + 20
+    while not index.match_prefix(hashes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert index.match_prefix(hashes) == {before.replica_id: len(hashes)}
+    # And prefix routing uses it again.
+    after = client.chat(messages, max_tokens=4, **GREEDY)
+    assert after.replica_id == before.replica_id
+    assert after.usage.cached_tokens > 0
+
+
+def _raw_status(service: str, request: llm_pb2.GenerateRequest) -> tuple[grpc.StatusCode, str]:
+    """Send a request as any gRPC client could, bypassing the SDK's own checks."""
+    with grpc.insecure_channel(service) as channel:
+        stub = llm_pb2_grpc.LLMServiceStub(channel)
+        try:
+            list(stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),),
+                               timeout=60))
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    raise AssertionError("the request was accepted")
+
+
+def test_bad_input_gets_a_status_and_a_message(client: LLMClient, service: str) -> None:
+    with pytest.raises(InvalidArgument, match="prompt has 600 tokens"):
+        client.generate(list(range(5, 605)), max_tokens=4)
+    bad = [
+        (llm_pb2.GenerateRequest(text="hi", sampling=llm_pb2.SamplingParams(max_tokens=-3)),
+         grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (llm_pb2.GenerateRequest(text="hi", sampling=llm_pb2.SamplingParams(temperature=-0.5)),
+         grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        (llm_pb2.GenerateRequest(text="hi", cache_salt="\x00" * 8),
+         grpc.StatusCode.INVALID_ARGUMENT, "cache_salt"),
+        (llm_pb2.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
+        (llm_pb2.GenerateRequest(text="a" * (10 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ]
+    for request, expected_code, expected_words in bad:
+        code, message = _raw_status(service, request)
+        assert code == expected_code, message
+        assert expected_words in message
+    with (
+        LLMClient(service, timeout_s=30) as anonymous,
+        pytest.raises(Unauthenticated, match="API key"),
+    ):
+        anonymous.generate("hello", max_tokens=2)
+    # And the service keeps serving.
+    assert client.generate("still there?", max_tokens=3, **GREEDY).finish_reason == "length"
+
+
+def test_cancelled_streams_return_every_block(service: str) -> None:
+    async def scenario() -> None:
+        async with AsyncLLMClient(service, api_key=API_KEY, timeout_s=60) as client:
+
+            async def consume(i: int, started: asyncio.Event) -> None:
+                async for _ in client.stream_generate(
+                    f"stream {i}", max_tokens=400, ignore_eos=True
+                ):
+                    started.set()
+
+            events = [asyncio.Event() for _ in range(50)]
+            tasks = [asyncio.create_task(consume(i, e)) for i, e in enumerate(events)]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 60)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 1.0
+    while True:
+        stats = llm_server_stats()
+        if (
+            all(
+                s["num_free_kv_blocks"] == s["num_kv_blocks"] and s["num_running"] == 0
+                for s in stats
+            )
+            or time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.05)
+    assert len(stats) == 2
+    assert all(s["num_free_kv_blocks"] == s["num_kv_blocks"] for s in stats), stats
