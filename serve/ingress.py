@@ -4,6 +4,10 @@ It authenticates, tokenizes and validates, hashes the prompt's blocks for the ro
 streams the LLMServer's chunks back. Errors become gRPC statuses with a message: the code
 and details are set on the Serve gRPC context before raising, which Serve's proxy passes to
 the client as they are (an exception alone would reach the client as INTERNAL).
+
+The same deployment serves the OpenAI-compatible HTTP API (serve/openai.py) through Serve's
+HTTP proxy: one application, so the gRPC proxy routes without extra metadata. The FastAPI app
+is built per replica, after ``__init__``, and shares the helpers below with the RPCs.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
 from ray import serve
 
+from model.sampling_params import SamplingParams
 from serve.convert import chat_messages, check_identifier, response, sampling_params
 from serve.engine.block_hash import hash_prompt_blocks
 from serve.engine.factory import load_engine_tokenizer
@@ -30,6 +35,7 @@ VERSION = "0.1.0"
 
 
 @serve.deployment(name="Ingress")
+@serve.ingress()  # the ASGI app comes from __serve_build_asgi_app__, once per replica
 class Ingress:
     def __init__(self, llm_server: Any, settings: dict[str, Any]) -> None:
         from serve.engine.config import EngineConfig
@@ -46,6 +52,11 @@ class Ingress:
                                      self.max_model_len - 1)
         self.max_new_tokens: int = limits["max_new_tokens"]
         self.max_message_bytes: int = limits["max_message_bytes"]
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from serve.openai import build_openai_app
+
+        return build_openai_app(self)
 
     # ---- RPCs ---------------------------------------------------------------------------
 
@@ -64,11 +75,7 @@ class Ingress:
 
     async def Chat(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
         def build() -> ServeRequest:
-            try:
-                ids = self.tokenizer.apply_chat_template(chat_messages(request.messages))
-            except ValueError as exc:
-                raise invalid(f"messages: {exc}") from None
-            return self._serve_request(ids, request)
+            return self._serve_request(self.chat_prompt(request.messages), request)
 
         async for message in self._stream(grpc_context, request, build):
             yield message
@@ -104,31 +111,53 @@ class Ingress:
         if not self.api_key:
             return
         metadata = dict(grpc_context.invocation_metadata()) if grpc_context else {}
-        offered = metadata.get("x-api-key") or ""
-        bearer = metadata.get("authorization", "")
-        if bearer.lower().startswith("bearer "):
-            offered = bearer[7:]
-        if not hmac.compare_digest(offered.encode(), self.api_key.encode()):
+        if not self.api_key_matches(metadata):
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED,
                                "missing or wrong API key: send metadata "
                                "'authorization: Bearer <key>'")
 
-    def _serve_request(self, ids: list[int], request: Any) -> ServeRequest:
+    def api_key_matches(self, headers: Mapping[str, str]) -> bool:
+        """gRPC metadata or HTTP headers (lower-case names) offer the key as
+        ``authorization: Bearer <key>`` or ``x-api-key: <key>``; True without a key set."""
+        if not self.api_key:
+            return True
+        offered = headers.get("x-api-key") or ""
+        bearer = headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            offered = bearer[7:]
+        return hmac.compare_digest(offered.encode(), self.api_key.encode())
+
+    def chat_prompt(self, messages: Any) -> list[int]:
+        """Token ids of a conversation: items with ``role`` and ``content`` attributes."""
+        try:
+            return self.tokenizer.apply_chat_template(chat_messages(messages))
+        except ValueError as exc:
+            raise invalid(f"messages: {exc}") from None
+
+    def check_prompt(self, ids: list[int]) -> None:
         if len(ids) > self.max_prompt_tokens:
             raise invalid(f"the prompt has {len(ids)} tokens; the limit is "
                           f"{self.max_prompt_tokens} (context {self.max_model_len} tokens, "
                           "with room for the answer): shorten the prompt")
         if not ids:
             raise invalid("the prompt is empty")
-        params = sampling_params(request.sampling, self.max_new_tokens)
-        salt = check_identifier("cache_salt", request.cache_salt)
+
+    def new_request(self, ids: list[int], params: SamplingParams, request_id: str,
+                    session_id: str, cache_salt: str) -> ServeRequest:
+        """The request for the router and LLMServer; identifiers are "" when absent."""
+        salt = check_identifier("cache_salt", cache_salt)
         return ServeRequest(
-            request_id=check_identifier("request_id", request.request_id)
-            or uuid.uuid4().hex,
+            request_id=check_identifier("request_id", request_id) or uuid.uuid4().hex,
             prompt_token_ids=ids, params=params,
-            session_id=check_identifier("session_id", request.session_id),
+            session_id=check_identifier("session_id", session_id),
             cache_salt=salt,
             block_hashes=hash_prompt_blocks(ids, self.block_size, salt))
+
+    def _serve_request(self, ids: list[int], request: Any) -> ServeRequest:
+        self.check_prompt(ids)
+        params = sampling_params(request.sampling, self.max_new_tokens)
+        return self.new_request(ids, params, request.request_id, request.session_id,
+                                request.cache_salt)
 
     def _check_size(self, request: Any) -> None:
         size = request.ByteSize()

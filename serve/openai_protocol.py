@@ -1,0 +1,245 @@
+"""The OpenAI-compatible HTTP API's request bodies and errors.
+
+Bodies are pydantic models that ignore fields they do not know (clients send many), reject
+the ones this service cannot honour (n > 1, tools, echo, ...) with a 400 that says what to
+send instead, and turn the sampling fields into the engine's ``SamplingParams``, whose own
+validation messages (``temperature must be >= 0, got -0.5``) reach the client verbatim.
+Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from model.chat_template import ChatMessage
+from model.sampling_params import SamplingParams
+from serve.errors import ServiceError
+
+# Optional sampling fields passed to SamplingParams only when set.
+_NUMERIC_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                   "frequency_penalty", "repetition_penalty", "seed", "min_tokens")
+
+# Seconds a client should wait before retrying a 429 or 503.
+RETRY_AFTER_S = 1
+
+# gRPC status of the shared pipeline -> (HTTP status, OpenAI error type, error code).
+HTTP_ERRORS: dict[grpc.StatusCode, tuple[int, str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_argument"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "not_found"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    grpc.StatusCode.INTERNAL: (500, "server_error", "internal_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "server_error", "deadline_exceeded"),
+}
+
+
+class ApiError(Exception):
+    """An HTTP error response with OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, error_type: str = "invalid_request_error",
+                 code: str = "invalid_argument", param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.code, self.param = (
+            status, message, error_type, code, param)
+
+    @classmethod
+    def from_service_error(cls, error: ServiceError) -> ApiError:
+        status, error_type, code = HTTP_ERRORS.get(error.code,
+                                                   HTTP_ERRORS[grpc.StatusCode.INTERNAL])
+        return cls(status, error.message, error_type, code)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param,
+                          "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_S)} if self.status in (429, 503) else {}
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _SamplingRequest(BaseModel):
+    """Fields shared by /v1/chat/completions and /v1/completions; extensions are marked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # extension (vLLM)
+    min_p: float | None = None  # extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None  # extension
+    seed: int | None = None
+    stop: Any = None  # a string or a list of strings; SamplingParams says what is wrong
+    stop_token_ids: list[int] | None = None  # extension
+    min_tokens: int | None = None  # extension
+    ignore_eos: bool = False  # extension
+    include_stop_str_in_output: bool = False  # extension
+    n: int | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    session_id: str | None = None  # extension: keeps a conversation on one replica
+    cache_salt: str | None = None  # extension: separates tenants' prefix caches
+
+    def check_supported(self) -> None:
+        if self.n not in (None, 1):
+            raise bad_request(f"n is {self.n}; this service returns one choice per request: "
+                              "leave n out (or send 1) and make separate requests", "n")
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported: leave it out", "logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options needs stream: true", "stream_options")
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        return None
+
+    def sampling_params(self, max_new_tokens: int) -> SamplingParams:
+        """Unset fields keep SamplingParams' defaults, except max_tokens: the service's limit
+        (the engine clamps it to the room the context leaves), as OpenAI's API runs to the
+        end of the context when it is left out."""
+        values: dict[str, Any] = {name: getattr(self, name) for name in _NUMERIC_FIELDS
+                                  if getattr(self, name) is not None}
+        requested = self.requested_max_tokens()
+        if requested is not None and requested > max_new_tokens:
+            raise bad_request(f"max_tokens is {requested}, above this service's limit of "
+                              f"{max_new_tokens}; ask for fewer tokens", "max_tokens")
+        try:
+            return SamplingParams(
+                max_tokens=max_new_tokens if requested is None else requested,
+                stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+                include_stop_str_in_output=self.include_stop_str_in_output,
+                logprobs=self.requested_logprobs(), **values)
+        except (ValueError, TypeError) as exc:
+            raise bad_request(str(exc)) from None
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.tools or self.functions or self.tool_choice not in (None, "none"):
+            raise bad_request("tool calling is not supported: leave out tools, functions and "
+                              "tool_choice", "tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise bad_request("only response_format {\"type\": \"text\"} is supported",
+                              "response_format")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+
+    def requested_max_tokens(self) -> int | None:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def chat_messages(self) -> list[ChatMessage]:
+        """Messages with string content: text parts are joined, other parts refused."""
+        return [ChatMessage(role=str(m.get("role")), content=_content(i, m.get("content")))
+                for i, m in enumerate(self.messages)]
+
+
+def _content(index: int, content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" \
+                    or not isinstance(part.get("text"), str):
+                raise bad_request(f"messages[{index}].content: only text parts "
+                                  "({\"type\": \"text\", \"text\": ...}) are supported",
+                                  "messages")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise bad_request(f"messages[{index}].content must be a string or a list of text parts, "
+                      f"got {type(content).__name__}", "messages")
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: Any
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise bad_request("echo is not supported: leave it out (or send false)", "echo")
+        if self.suffix:
+            raise bad_request("suffix is not supported: leave it out", "suffix")
+        if self.best_of not in (None, 1):
+            raise bad_request(f"best_of is {self.best_of}; only 1 is supported", "best_of")
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompt_input(self) -> str | list[int]:
+        """One prompt: a string or a list of token ids (a one-item batch is unwrapped)."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            raise bad_request(f"prompt holds {len(prompt)} prompts; send one prompt per "
+                              "request", "prompt")
+        raise bad_request("prompt must be a string or a list of token ids", "prompt")
+
+
+def parse_body(model: type[BaseModel], body: bytes) -> Any:
+    """The body as ``model``; a 400 naming the fields to fix when it does not fit."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise bad_request(_describe(exc.errors())) from None
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    if errors and errors[0]["type"] == "json_invalid":
+        return f"the body is not valid JSON: {errors[0]['msg']}"
+    if errors and errors[0]["type"] == "model_type":
+        return "the body must be a JSON object"
+    parts = []
+    for error in errors[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
