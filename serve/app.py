@@ -43,7 +43,8 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
             request_router_class=ROUTER_PATH,
             request_router_kwargs={"redis_url": config.redis_url,
                                    "session_ttl_s": config.session_ttl_s},
-            request_routing_stats_period_s=2.0),
+            request_routing_stats_period_s=2.0) if config.prefix_routing
+        else RequestRouterConfig(),
         "graceful_shutdown_timeout_s": 30.0,
         "health_check_period_s": 10.0,
     }

@@ -58,6 +58,8 @@ class ServeConfig(BaseModel):
     app_name: str = "mistral"
     limits: Limits = Field(default_factory=Limits)
     session_ttl_s: float = Field(1800.0, gt=0)
+    # False: Serve's default power-of-two router (for comparison benchmarks).
+    prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)

@@ -83,6 +83,8 @@ def expected_serve_config(values: dict[str, Any] | None = None) -> dict[str, Any
                       max_new_tokens=v["limits"]["maxNewTokens"],
                       max_message_bytes=v["limits"]["maxMessageBytes"]),
         session_ttl_s=v["sessionTtlSeconds"],
+        index_resync_s=v["indexResyncSeconds"],
+        prefix_routing=v["prefixRouting"],
         max_ongoing_requests=v["maxOngoingRequests"],
         engine=v["engine"],
     )

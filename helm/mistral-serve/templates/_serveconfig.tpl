@@ -20,6 +20,8 @@ password reach ServeConfig.from_env through env vars on the Ray pods (templates/
       "app_name" $v.appName
       "limits" $limits
       "session_ttl_s" $v.sessionTtlSeconds
+      "index_resync_s" $v.indexResyncSeconds
+      "prefix_routing" $v.prefixRouting
       "max_ongoing_requests" $v.maxOngoingRequests
       "engine" ($v.engine | default (dict)) }}
 {{- if $v.autoscaling.enabled }}
