@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from model.config import ModelConfig
+from serve.autoscaling import autoscaling_policy_config
 from serve.config import ServeConfig
 from serve.ingress import Ingress
 from serve.llm_server import LLMServer
@@ -50,9 +51,16 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     }
     if config.autoscaling is not None:
         bounds = config.autoscaling
-        options["autoscaling_config"] = {
+        autoscaling: dict[str, Any] = {
             "min_replicas": bounds.min_replicas, "max_replicas": bounds.max_replicas,
-            "target_ongoing_requests": bounds.target_ongoing_requests}
+            "target_ongoing_requests": bounds.target_ongoing_requests,
+            # Scale on the engines' waiting queues and KV use (serve/autoscaling.py).
+            "policy": autoscaling_policy_config(bounds.target_waiting_requests,
+                                                bounds.target_kv_cache_usage)}
+        for delay in ("upscale_delay_s", "downscale_delay_s"):
+            if getattr(bounds, delay) is not None:
+                autoscaling[delay] = getattr(bounds, delay)
+        options["autoscaling_config"] = autoscaling
     else:
         options["num_replicas"] = config.replicas
     if tp == 1:

@@ -24,6 +24,10 @@ class AutoscalingBounds(BaseModel):
     # The LLM signals the custom policy scales on (see serve/autoscaling.py).
     target_waiting_requests: float = Field(4.0, ge=0)
     target_kv_cache_usage: float = Field(0.85, gt=0, le=1)
+    # How long a scale-up / scale-down must stay wanted before Serve acts; None: Serve's
+    # defaults (30 s up, 600 s down).
+    upscale_delay_s: float | None = Field(None, ge=0)
+    downscale_delay_s: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingBounds:

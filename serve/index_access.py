@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from serve.engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
+from serve.metrics import router_metrics
 from serve.prefix_index import BackgroundPublisher, InProcessPrefixIndex, open_prefix_index
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class RouterIndex:
         self.session_ttl_s = session_ttl_s
         self._redis = open_prefix_index(redis_url) if redis_url else None
         self._actor = None if redis_url else index_actor()
+        self.backend = "redis" if redis_url else "ray_actor"
+        # Lookups that failed or were skipped (index down): the router's "fallback".
+        self.num_failures = 0
+        self._metrics = router_metrics()
 
     async def _call(self, name: str, *args: Any) -> Any:
         try:
@@ -91,10 +96,20 @@ class RouterIndex:
                 call = asyncio.to_thread(getattr(self._redis, name), *args)
             else:
                 call = getattr(self._actor, name).remote(*args)
-            return await asyncio.wait_for(call, LOOKUP_TIMEOUT_S)
+            result = await asyncio.wait_for(call, LOOKUP_TIMEOUT_S)
         except Exception as exc:  # routing degrades to load; the request still runs
             logger.debug("prefix index %s failed: %s", name, exc)
+            self._failed(name)
             return None
+        # The Redis index answers its fallback itself while Redis fails (and backs off).
+        health = getattr(self._redis, "health", None)
+        if health is not None and health.is_down:
+            self._failed(name)
+        return result
+
+    def _failed(self, operation: str) -> None:
+        self.num_failures += 1
+        self._metrics.record_index_error(self.backend, operation)
 
     async def match_prefix(self, block_hashes: list[bytes]) -> dict[str, int]:
         if not block_hashes:

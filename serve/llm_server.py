@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +20,7 @@ from serve.engine.kv_events import BlockStored
 from serve.engine.request import RequestOutput
 from serve.engine.scheduler import QueueFullError
 from serve.index_access import make_publisher
+from serve.metrics import RequestRecord, ServerMetrics
 from serve.protocol import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -28,6 +31,9 @@ from serve.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+# How often the engine gauges (KV blocks, queue) are refreshed; Ray exports every ~10 s.
+METRICS_PERIOD_S = 5.0
 
 
 def _chunk(output: RequestOutput, replica_id: str) -> ServeChunk:
@@ -51,6 +57,42 @@ def _chunk(output: RequestOutput, replica_id: str) -> ServeChunk:
     return chunk
 
 
+class _Timing:
+    """Latency of one request, from the outputs it streamed (a clock read per output, the
+    sums once at the end)."""
+
+    __slots__ = ("start", "first", "last", "output", "failed")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.first: float | None = None
+        self.last = start
+        self.output: RequestOutput | None = None
+        self.failed = False  # answered with an error chunk
+
+    def saw(self, output: RequestOutput) -> None:
+        self.output = output
+        if output.outputs[0].delta_token_ids:
+            self.last = time.perf_counter()
+            if self.first is None:
+                self.first = self.last
+
+    def record(self) -> RequestRecord:
+        output = self.output
+        if output is not None and output.finished:
+            reason = output.outputs[0].finish_reason or "stop"
+        else:  # refused (bad input, full queue), failed, or the caller left early
+            reason = "error" if self.failed else "abort"
+        if output is None:
+            return RequestRecord(reason)
+        generated = len(output.outputs[0].token_ids)
+        ttft = None if self.first is None else self.first - self.start
+        tpot = (self.last - self.first) / (generated - 1) \
+            if self.first is not None and generated > 1 else None
+        return RequestRecord(reason, len(output.prompt_token_ids), generated,
+                             output.num_cached_tokens or 0, ttft, tpot)
+
+
 @serve.deployment(name="LLMServer")
 class LLMServer:
     def __init__(self, engine_config: dict[str, Any], redis_url: str | None = None,
@@ -66,12 +108,31 @@ class LLMServer:
         self.model_config = engine.model_config
         self.index_resync_s = index_resync_s
         self._resync_task: asyncio.Task[None] | None = None
+        self.metrics = ServerMetrics()
+        self._metrics_task: asyncio.Task[None] | None = None
         logger.info("LLMServer %s ready: %s", self.replica_id, engine.stats())
 
     def _ensure_resync(self) -> None:
         # Started from the first call, inside the replica's event loop.
         if self._resync_task is None:
             self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+        if self._metrics_task is None:
+            self._metrics_task = asyncio.get_running_loop().create_task(self._metrics_loop())
+
+    async def _metrics_loop(self) -> None:
+        """Engine gauges now and then, so they move even while no request finishes."""
+        while True:
+            try:
+                await self._engine_stats()
+            except Exception:
+                logger.debug("engine stats for metrics failed", exc_info=True)
+            await asyncio.sleep(METRICS_PERIOD_S)
+
+    async def _engine_stats(self) -> Any:
+        """The engine's stats; every caller refreshes the gauges on the way."""
+        stats = await self.engine.call(lambda engine: engine.stats())
+        self.metrics.record_engine_stats(stats)
+        return stats
 
     async def _resync_loop(self) -> None:
         """Republish every cached block now and then: the index may have lost them (Redis
@@ -90,30 +151,40 @@ class LLMServer:
     async def generate(self, request: ServeRequest) -> AsyncIterator[ServeChunk]:
         """Stream the request's output; errors arrive as a final chunk with error_code."""
         self._ensure_resync()
+        timing = _Timing(time.perf_counter())
         try:
             stream = self.engine.generate(request.prompt_token_ids, request.params,
                                           request.request_id, request.cache_salt)
             async for output in stream:
+                timing.saw(output)
                 yield _chunk(output, self.replica_id)
         except (PromptTooLongError, ValueError) as exc:
+            timing.failed = True
             yield ServeChunk(request.request_id, finish_reason="error",
                              error_code=INVALID_ARGUMENT, error=str(exc),
                              replica_id=self.replica_id)
         except QueueFullError as exc:
+            timing.failed = True
             yield ServeChunk(request.request_id, finish_reason="error",
                              error_code=RESOURCE_EXHAUSTED, error=str(exc),
                              replica_id=self.replica_id)
         except EngineDeadError as exc:
+            timing.failed = True
             yield ServeChunk(request.request_id, finish_reason="error", error_code=UNAVAILABLE,
                              error=f"{exc}; retry", replica_id=self.replica_id)
         except Exception as exc:
+            timing.failed = True
             logger.exception("request %s failed", request.request_id)
             yield ServeChunk(request.request_id, finish_reason="error", error_code=INTERNAL,
                              error=f"internal error: {type(exc).__name__}",
                              replica_id=self.replica_id)
+        finally:
+            # Also reached when the caller leaves early (GeneratorExit): an abort.
+            with contextlib.suppress(Exception):  # metrics never fail a request
+                self.metrics.record_request(timing.record())
 
     async def stats(self) -> dict[str, Any]:
-        stats = await self.engine.call(lambda engine: engine.stats())
+        stats = await self._engine_stats()
         return {"replica_id": self.replica_id, **stats.__dict__}
 
     async def check_health(self) -> None:
@@ -124,9 +195,17 @@ class LLMServer:
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Load the router weighs beside Serve's own queue length."""
-        stats = await self.engine.call(lambda engine: engine.stats())
+        stats = await self._engine_stats()
         return {"num_waiting": stats.num_waiting, "num_running": stats.num_running,
                 "kv_cache_usage": stats.kv_cache_usage}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The engine signals the autoscaling policy scales on (serve/autoscaling.py); Serve
+        calls this on the replica when autoscaling is configured."""
+        stats = await self._engine_stats()
+        return {"num_waiting": float(stats.num_waiting),
+                "num_running": float(stats.num_running),
+                "kv_cache_usage": float(stats.kv_cache_usage)}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

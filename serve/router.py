@@ -23,6 +23,7 @@ from ray.serve.request_router import (
 )
 
 from serve.index_access import RouterIndex
+from serve.metrics import router_metrics
 from serve.protocol import ServeRequest
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         self.load_cap = load_cap
         self.min_prefix_blocks = min_prefix_blocks
         self.decisions: Counter[str] = Counter()
+        self.metrics = router_metrics()
+
+    def _decided(self, reason: str) -> None:
+        """Count a routing decision here (tests) and as a metric (the dashboard)."""
+        self.decisions[reason] += 1
+        self.metrics.record_decision(reason)
 
     def _load(self, replica: RunningReplica) -> float:
         queue_len = self._replica_queue_len_cache.get(replica.replica_id)
@@ -64,12 +71,13 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         if not candidate_replicas:
             return []
         request = _serve_request(pending_request)
+        index_failures = self.index.num_failures
         if request is not None:
             by_key = {replica_key(r): r for r in candidate_replicas}
             if request.session_id:
                 owner = by_key.get(await self.index.get_session(request.session_id) or "")
                 if owner is not None and self._under_cap(owner):
-                    self.decisions["session"] += 1
+                    self._decided("session")
                     return [[owner]]
             matches = await self.index.match_prefix(request.block_hashes)
             scored = [(blocks, -self._load(by_key[key]), key)
@@ -77,9 +85,10 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
                       if key in by_key and blocks >= self.min_prefix_blocks
                       and self._under_cap(by_key[key])]
             if scored:
-                self.decisions["prefix"] += 1
+                self._decided("prefix")
                 return [[by_key[max(scored)[2]]]]
-        self.decisions["load"] += 1
+        # "fallback": the index failed during this request, so affinity was not weighed.
+        self._decided("fallback" if self.index.num_failures > index_failures else "load")
         # Both of a random pair: Serve probes them and takes the shorter queue.
         return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
 

@@ -1,0 +1,176 @@
+"""Service metrics on Ray's metrics pipeline: the Ray dashboard and Prometheus.
+
+Every metric is a ``ray.serve.metrics`` object, so Serve adds the ``deployment``,
+``replica`` and ``application`` tags, and Ray's metrics agent exports it on each node's
+metrics port with a ``ray_`` prefix (counters also gain ``_total``)::
+
+    mistral_serve_requests{finish_reason="stop"}  ->  ray_mistral_serve_requests_total{...}
+
+LLMServer replicas record requests, tokens, latencies and engine gauges
+(:class:`ServerMetrics`); the router, in the Ingress replicas, records its decisions and the
+prefix index's failures (:class:`RouterMetrics`). Recording is per finished request or per
+stats poll, never per token, and never raises: a metrics failure is logged once and the
+request is served as if metrics were off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "mistral_serve_"
+
+FINISH_REASONS = ("stop", "length", "abort", "error")
+ROUTING_REASONS = ("session", "prefix", "load", "fallback")
+# Seconds. TTFT spans queueing and prefill (long prompts on a busy replica take seconds);
+# TPOT is one decode step shared by the batch.
+TTFT_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+TPOT_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_raises(method: F) -> F:
+    """Metrics must never fail a request: log the first failure of a method, then stay
+    quiet (a broken exporter would otherwise log on every request)."""
+    failed = False
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        try:
+            return method(*args, **kwargs)
+        except Exception:
+            if not failed:
+                failed = True
+                logger.warning("recording metrics failed (%s); the request is unaffected",
+                               method.__qualname__, exc_info=True)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _NoMetric:
+    """Stands in for a metric Ray could not create (no Ray, a name clash): records nothing."""
+
+    def inc(self, *args: Any, **kwargs: Any) -> None: ...
+    def set(self, *args: Any, **kwargs: Any) -> None: ...
+    def observe(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+def _make(kind: str, name: str, description: str, **options: Any) -> Any:
+    try:
+        from ray.serve import metrics
+
+        return getattr(metrics, kind)(PREFIX + name, description=description, **options)
+    except Exception:
+        logger.warning("metric %s%s is disabled", PREFIX, name, exc_info=True)
+        return _NoMetric()
+
+
+@dataclass
+class RequestRecord:
+    """What one finished (or failed, or abandoned) request reports."""
+
+    finish_reason: str  # stop / length / abort / error
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_s: float | None = None  # None: no token was produced
+    tpot_s: float | None = None  # None: fewer than two tokens
+
+
+class ServerMetrics:
+    """The LLMServer replica's metrics (one instance per replica)."""
+
+    def __init__(self) -> None:
+        self.requests = _make("Counter", "requests", "Finished requests by finish reason "
+                              "(stop, length, abort, error).", tag_keys=("finish_reason",))
+        self.prompt_tokens = _make("Counter", "prompt_tokens", "Prompt tokens of finished "
+                                   "requests.")
+        self.generated_tokens = _make("Counter", "generated_tokens", "Tokens generated.")
+        self.cached_tokens = _make("Counter", "cached_prompt_tokens", "Prompt tokens served "
+                                   "from the prefix cache (no prefill).")
+        self.ttft = _make("Histogram", "time_to_first_token_s", "Seconds from a request's "
+                          "arrival at the replica to its first token.",
+                          boundaries=TTFT_BOUNDARIES_S)
+        self.tpot = _make("Histogram", "time_per_output_token_s", "Mean seconds between "
+                          "output tokens after the first, per request.",
+                          boundaries=TPOT_BOUNDARIES_S)
+        self.kv_blocks_used = _make("Gauge", "kv_blocks_used", "KV blocks held by requests.")
+        self.kv_blocks_free = _make("Gauge", "kv_blocks_free", "KV blocks free (including "
+                                    "cached blocks that can be evicted).")
+        self.kv_cache_usage = _make("Gauge", "kv_cache_usage", "Fraction of KV blocks held "
+                                    "by requests.")
+        self.num_waiting = _make("Gauge", "num_waiting_requests", "Requests waiting for a "
+                                 "batch slot or KV blocks (the queue).")
+        self.num_running = _make("Gauge", "num_running_requests", "Requests in the running "
+                                 "batch.")
+        self.hit_rate = _make("Gauge", "prefix_cache_hit_rate", "Cached prompt tokens / "
+                              "prompt tokens over the replica's lifetime.")
+        self._prompt_total = 0
+        self._cached_total = 0
+
+    @_never_raises
+    def record_request(self, record: RequestRecord) -> None:
+        self.requests.inc(1, tags={"finish_reason": record.finish_reason})
+        if record.prompt_tokens:
+            self.prompt_tokens.inc(record.prompt_tokens)
+            self._prompt_total += record.prompt_tokens
+        if record.generated_tokens:
+            self.generated_tokens.inc(record.generated_tokens)
+        if record.cached_tokens:
+            self.cached_tokens.inc(record.cached_tokens)
+            self._cached_total += record.cached_tokens
+        self._set_hit_rate()
+        if record.ttft_s is not None:
+            self.ttft.observe(record.ttft_s)
+        if record.tpot_s is not None:
+            self.tpot.observe(record.tpot_s)
+
+    def _set_hit_rate(self) -> None:
+        if self._prompt_total:
+            self.hit_rate.set(self._cached_total / self._prompt_total)
+
+    @_never_raises
+    def record_engine_stats(self, stats: Any) -> None:
+        """Gauges from an ``EngineStats``. Called every few seconds: Ray's exporter drops a
+        gauge that was not set again within two export intervals, so every gauge is set
+        here, the hit rate included."""
+        self._set_hit_rate()
+        self.kv_blocks_used.set(stats.num_kv_blocks - stats.num_free_kv_blocks)
+        self.kv_blocks_free.set(stats.num_free_kv_blocks)
+        self.kv_cache_usage.set(stats.kv_cache_usage)
+        self.num_waiting.set(stats.num_waiting)
+        self.num_running.set(stats.num_running)
+
+
+class RouterMetrics:
+    """The router's metrics: one per process (routers and index clients share it)."""
+
+    def __init__(self) -> None:
+        self.decisions = _make("Counter", "routing_decisions", "Requests routed, by reason: "
+                               "session affinity, cached prefix, load, or fallback to load "
+                               "because the prefix index failed.", tag_keys=("reason",))
+        self.index_errors = _make("Counter", "prefix_index_errors", "Prefix index calls that "
+                                  "failed or were skipped while the index (Redis, or the "
+                                  "in-cluster index actor) was down.",
+                                  tag_keys=("backend", "operation"))
+
+    @_never_raises
+    def record_decision(self, reason: str) -> None:
+        self.decisions.inc(1, tags={"reason": reason})
+
+    @_never_raises
+    def record_index_error(self, backend: str, operation: str) -> None:
+        self.index_errors.inc(1, tags={"backend": backend, "operation": operation})
+
+
+@functools.cache
+def router_metrics() -> RouterMetrics:
+    return RouterMetrics()
