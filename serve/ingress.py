@@ -174,10 +174,21 @@ class Ingress:
             serve_request = build()
         except ServiceError as exc:
             self._fail(grpc_context, exc.code, exc.message)
-        async for chunk in self.llm.generate.remote(serve_request):
-            if chunk.error_code is not None:
-                self._fail(grpc_context, CODES[chunk.error_code], chunk.error or "")
-            yield response(chunk)
+        stream = self.llm.generate.remote(serve_request)
+        finished = False
+        try:
+            async for chunk in stream:
+                if chunk.error_code is not None:
+                    finished = True
+                    self._fail(grpc_context, CODES[chunk.error_code], chunk.error or "")
+                yield response(chunk)
+            finished = True
+        finally:
+            # The client left (the proxy cancelled or closed this generator): cancel the
+            # LLMServer call now rather than wait for Serve to notice, so the engine aborts
+            # the request and frees its blocks at once.
+            if not finished:
+                stream.cancel()
 
     @staticmethod
     def _fail(grpc_context: Any, code: grpc.StatusCode, message: str) -> NoReturn:

@@ -222,12 +222,12 @@ def test_break_and_close_cancel_the_server_call(client: sdk.LLMClient, server: S
     server.chunks, server.delay_s = ["x"] * 200, 0.02
     for _chunk in client.stream_generate("Hi"):
         break  # the abandoned generator is collected, which cancels the call
-    assert server.cancelled.wait(5)
+    assert server.cancelled.wait(10)
     server.cancelled.clear()
     stream = client.stream_generate("Hi")
     next(stream)
     stream.close()
-    assert server.cancelled.wait(5)
+    assert server.cancelled.wait(10)
 
 
 def test_conversation_keeps_history_and_session(client: sdk.LLMClient, server: ScriptedLLM) -> None:
@@ -277,11 +277,11 @@ def test_async_aclose_break_and_task_cancel_cancel_the_server_call(server: Scrip
             stream = client.stream_generate("Hi")
             await stream.__anext__()
             await stream.aclose()
-            assert await asyncio.to_thread(server.cancelled.wait, 5)
+            assert await asyncio.to_thread(server.cancelled.wait, 10)
             server.cancelled.clear()
             async for _chunk in client.stream_generate("Hi"):
                 break  # the loop finalizes the abandoned generator
-            assert await asyncio.to_thread(server.cancelled.wait, 5)
+            assert await asyncio.to_thread(server.cancelled.wait, 10)
             server.cancelled.clear()
             task = asyncio.create_task(client.generate("Hi"))
             while server.calls < 3:  # cancel only once the call reached the server
@@ -289,6 +289,6 @@ def test_async_aclose_break_and_task_cancel_cancel_the_server_call(server: Scrip
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert await asyncio.to_thread(server.cancelled.wait, 5)
+            assert await asyncio.to_thread(server.cancelled.wait, 10)
 
     asyncio.run(scenario())
