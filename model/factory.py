@@ -31,6 +31,7 @@ def build_model(model: str | Path, *, dtype: str | torch.dtype = "auto",
                 device: str | torch.device = "cpu", ctx: ParallelContext = SINGLE,
                 attention_backend: str = "auto", load_format: str = "auto",
                 max_model_len: int | None = None, progress: bool = False,
+                block_size: int = 16,
                 ) -> MistralForCausalLM:
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, "
@@ -43,7 +44,7 @@ def build_model(model: str | Path, *, dtype: str | torch.dtype = "auto",
                              f"{config.max_position_embeddings} tokens")
         config = config.replace(max_position_embeddings=max_model_len)
     torch_dtype = resolve_dtype(dtype, device)
-    backend = create_backend(attention_backend, device)
+    backend = create_backend(attention_backend, device, block_size)
     with torch.device(device):
         network = MistralForCausalLM(config, ctx, backend, torch_dtype)
     is_preset = str(model) in PRESETS

@@ -7,9 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from model.smollm2 import ensure_smollm2
-from tests.model.checkpoints import write_tiny_checkpoint
+# Triton decides between interpreter and compiler when it is first imported. Without a GPU
+# its kernels can only run interpreted (on CPU tensors), so this is set before any test
+# module can import triton, whatever the collection order.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from model.smollm2 import ensure_smollm2  # noqa: E402
+from tests.model.checkpoints import write_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Protocol
 
 import torch
@@ -16,9 +17,14 @@ class AttentionBackend(Protocol):
     ``q``: [num_tokens, num_heads, head_dim]; ``k``/``v``: [num_tokens, num_kv_heads, head_dim];
     ``kv_cache``: [2, num_blocks, block_size, num_kv_heads, head_dim] (K then V).
     Returns [num_tokens, num_heads, head_dim].
+
+    ``supports_static_shapes``: the backend can run a decode batch whose metadata has
+    ``static_shapes=True`` (see :class:`AttentionMetadata`) without reading the host lists or
+    syncing with the device, which is what capturing it in a CUDA graph needs.
     """
 
     name: str
+    supports_static_shapes: bool
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -27,27 +33,66 @@ class AttentionBackend(Protocol):
 
 BACKEND_NAMES = ("auto", "torch", "triton", "flash_attn")
 
+# flash-attn's paged KV cache takes pages of a multiple of 256 tokens.
+FLASH_ATTN_BLOCK_MULTIPLE = 256
 
-def resolve_backend_name(requested: str, device: torch.device) -> str:
-    """``auto`` picks flash_attn when installed on CUDA, else torch."""
+
+def triton_interpreted() -> bool:
+    """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (slowly): how the kernels are
+    tested on machines without a GPU."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend_name(requested: str, device: torch.device, block_size: int = 16) -> str:
+    """``auto``: on CUDA, flash_attn when installed and ``block_size`` suits its paged cache,
+    else triton when installed, else torch; torch on CPU."""
     if requested not in BACKEND_NAMES:
         raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, "
                          f"got {requested!r}")
-    if requested != "auto":
-        if requested != "torch" and device.type != "cuda":
-            raise ValueError(f"attention_backend {requested!r} needs a CUDA device; "
+    if requested == "flash_attn":
+        if device.type != "cuda":
+            raise ValueError("attention_backend 'flash_attn' needs a CUDA device; "
                              "use 'torch' on CPU")
+        if not _installed("flash_attn"):
+            raise ValueError("attention_backend 'flash_attn' needs the flash-attn package: "
+                             "pip install '.[gpu]', or use 'triton'")
+        if block_size % FLASH_ATTN_BLOCK_MULTIPLE:
+            raise ValueError(f"attention_backend 'flash_attn' needs block_size to be a multiple "
+                             f"of {FLASH_ATTN_BLOCK_MULTIPLE} (its paged KV cache), got "
+                             f"{block_size}: set block_size=256 or use 'triton'")
         return requested
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if requested == "triton":
+        if device.type != "cuda" and not triton_interpreted():
+            raise ValueError("attention_backend 'triton' needs a CUDA device (or "
+                             "TRITON_INTERPRET=1 to run its kernels slowly on CPU); "
+                             "use 'torch' on CPU")
+        if not _installed("triton"):
+            raise ValueError("attention_backend 'triton' needs the triton package "
+                             "(pip install triton), or use 'torch'")
+        return requested
+    if requested == "torch" or device.type != "cuda":
+        return "torch"
+    if _installed("flash_attn") and block_size % FLASH_ATTN_BLOCK_MULTIPLE == 0:
         return "flash_attn"
+    if _installed("triton"):
+        return "triton"
     return "torch"
 
 
-def create_backend(name: str, device: torch.device) -> AttentionBackend:
-    resolved = resolve_backend_name(name, device)
-    if resolved == "torch":
-        from model.attention.torch_backend import TorchAttentionBackend
+def create_backend(name: str, device: torch.device, block_size: int = 16) -> AttentionBackend:
+    resolved = resolve_backend_name(name, device, block_size)
+    if resolved == "triton":
+        from model.attention.triton_backend import TritonAttentionBackend
 
-        return TorchAttentionBackend()
-    raise ValueError(f"attention backend {resolved!r} is not available in this build; "
-                     "use attention_backend='torch'")
+        return TritonAttentionBackend()
+    if resolved == "flash_attn":
+        from model.attention.flash_attn_backend import FlashAttnBackend
+
+        return FlashAttnBackend()
+    from model.attention.torch_backend import TorchAttentionBackend
+
+    return TorchAttentionBackend()

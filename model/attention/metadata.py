@@ -30,6 +30,11 @@ class AttentionMetadata:
     seq_lens_host: list[int]
     block_size: int
     sliding_window: int | None = None
+    # A decode batch padded to a fixed size for a CUDA graph: the host lists hold the values
+    # at capture time, which replays do not update, so a backend reads only the device
+    # tensors (block_tables' width bounds every context). Padding rows have seq_len 0 and
+    # slot -1: no K/V is written for them and their output is ignored.
+    static_shapes: bool = False
     # Per-step values a backend derives once and reuses in every layer (gather indices,
     # masks); the layers of one step share this metadata object.
     scratch: dict[str, Any] = field(default_factory=dict)

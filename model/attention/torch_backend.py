@@ -64,6 +64,7 @@ def _decode_plan(meta: AttentionMetadata, rows: list[int], starts: list[int], bl
 
 class TorchAttentionBackend:
     name = "torch"
+    supports_static_shapes = False  # plans its gathers from the host lists
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -1,0 +1,305 @@
+"""The Triton attention backend agrees with the PyTorch reference on the paged KV cache.
+
+Without a GPU the kernels run under Triton's interpreter on CPU tensors. ``@triton.jit``
+(Triton's own library functions included) picks interpreter or compiler when the module that
+uses it is imported, so tests/conftest.py sets TRITON_INTERPRET=1 before anything imports
+triton. The interpreter cannot do bf16: those cases run on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+triton = pytest.importorskip("triton")
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from model.attention import triton_backend as backend_module  # noqa: E402
+from model.attention import triton_decode  # noqa: E402
+from model.attention.metadata import AttentionMetadata  # noqa: E402
+from model.attention.torch_backend import TorchAttentionBackend  # noqa: E402
+from model.attention.triton_backend import TritonAttentionBackend  # noqa: E402
+
+if not ON_GPU and not isinstance(triton_decode._decode_kernel, InterpretedFunction):
+    pytest.fail("triton (or the kernel modules) was imported before TRITON_INTERPRET=1 was "
+                "set, so the kernels cannot run on the CPU: set it before that import, or "
+                "run this file alone", pytrace=False)
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="bf16 needs CUDA (not the interpreter)")
+BF16 = pytest.param(torch.bfloat16, marks=needs_gpu)
+
+SCALE = 0.17
+# Relative to the largest reference value. fp16 inputs are compared with an fp32 reference
+# computed from the same (rounded) values, so the error is the kernel's own.
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def device_tensor(values: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=DEVICE)
+
+
+@dataclass
+class Case:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    cache: torch.Tensor  # random everywhere: stale or cached K/V, whatever a slot holds
+    query_lens: list[int]
+    seq_lens: list[int]
+    tables: list[list[int]]
+    slots: list[int]
+    block_size: int
+    window: int | None
+
+    def meta(self, **overrides: Any) -> AttentionMetadata:
+        starts = [0]
+        for n in self.query_lens:
+            starts.append(starts[-1] + n)
+        values: dict[str, Any] = dict(
+            query_start_loc=device_tensor(starts, torch.int32),
+            seq_lens=device_tensor(self.seq_lens, torch.int32),
+            block_tables=device_tensor(self.tables, torch.int32),
+            slot_mapping=device_tensor(self.slots, torch.int64),
+            query_lens_host=list(self.query_lens), seq_lens_host=list(self.seq_lens),
+            block_size=self.block_size, sliding_window=self.window,
+        )
+        values.update(overrides)
+        return AttentionMetadata(**values)
+
+
+def make_case(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int,
+              block_size: int = 16, dtype: torch.dtype = torch.float32,
+              window: int | None = None, seed: int = 0, spare_columns: int = 1) -> Case:
+    """``seqs``: (tokens already cached, new tokens) per sequence. Blocks are handed out in a
+    shuffled order and the tables carry spare zero columns, like a real block manager's."""
+    gen = torch.Generator().manual_seed(seed)
+    query_lens = [new for _, new in seqs]
+    seq_lens = [cached + new for cached, new in seqs]
+    need = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(need) + 3
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    width = max(need, default=0) + spare_columns
+    tables, slots, used = [], [], 0
+    for (cached, new), n in zip(seqs, need, strict=True):
+        table = order[used:used + n]
+        used += n
+        slots.extend(table[p // block_size] * block_size + p % block_size
+                     for p in range(cached, cached + new))
+        tables.append(table + [0] * (width - n))
+    tokens = sum(query_lens)
+    # q, k and v as views of one fused projection, as the model hands them over (strided).
+    fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=gen)
+    fused = fused.to(DEVICE, dtype)
+    q, k, v = fused.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=gen)
+    cache = cache.to(DEVICE, dtype)
+    return Case(q.view(tokens, heads, head_dim), k.view(tokens, kv_heads, head_dim),
+                v.view(tokens, kv_heads, head_dim), cache, query_lens, seq_lens, tables, slots,
+                block_size, window)
+
+
+def reference(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    cache = case.cache.float().clone()
+    out = TorchAttentionBackend().forward(case.q.float(), case.k.float(), case.v.float(), cache,
+                                          case.meta(), SCALE)
+    return out, cache
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+
+
+def check(case: Case, backend: Any = None) -> torch.Tensor:
+    expected, expected_cache = reference(case)
+    cache = case.cache.clone()
+    out = (backend or TritonAttentionBackend()).forward(case.q, case.k, case.v, cache,
+                                                        case.meta(), SCALE)
+    assert out.shape == case.q.shape and out.dtype == case.q.dtype
+    assert torch.isfinite(out).all()
+    assert torch.equal(cache.float(), expected_cache)  # the step's K/V written, nothing else
+    assert relative_error(out, expected) <= TOLERANCE[case.q.dtype]
+    return out
+
+
+def record_splits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The split count of every decode launch from now on."""
+    seen: list[int] = []
+    decode = backend_module.paged_decode
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        seen.append(args[8])
+        decode(*args, **kwargs)
+
+    monkeypatch.setattr(backend_module, "paged_decode", spy)
+    return seen
+
+
+class Forbidden(list):  # type: ignore[type-arg]
+    """A host list a static-shape forward must not read (its values are stale in a replay)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a static_shapes forward read a host list")
+
+    __iter__ = __len__ = __getitem__ = __bool__ = _refuse  # type: ignore[assignment]
+
+
+BOUNDARY_LENS = [1, 15, 16, 17, 31, 32, 33, 64, 65, 100]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"), [
+    (8, 2, 128, 16),  # Mistral's 4:1 grouping and head size
+    (4, 4, 64, 16),  # 1:1, no grouping
+    (8, 2, 32, 32),
+    (6, 2, 32, 16),  # a group of 3 pads the dot's rows
+    (4, 1, 80, 16),  # a head size that is not a power of two
+])
+def test_decode_at_block_boundaries(dtype: torch.dtype, heads: int, kv_heads: int,
+                                    head_dim: int, block_size: int) -> None:
+    check(make_case([(n - 1, 1) for n in BOUNDARY_LENS], heads, kv_heads, head_dim,
+                    block_size, dtype))
+
+
+@pytest.mark.parametrize("window", [None, 5, 40])
+def test_decode_split_k_over_short_contexts(window: int | None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many splits: the short rows leave most of them empty, and the window skips blocks."""
+    splits = record_splits(monkeypatch)
+    backend = TritonAttentionBackend(num_sms=256, min_tokens_per_split=2)
+    check(make_case([(n - 1, 1) for n in [*BOUNDARY_LENS, 250]], 8, 2, 32, window=window),
+          backend)
+    assert splits[0] >= 2 if window == 5 else splits[0] >= 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
+@pytest.mark.parametrize("window", [None, 24])
+def test_mixed_batch(dtype: torch.dtype, window: int | None) -> None:
+    """Decode rows, chunks on top of cached blocks and fresh prompts in one step."""
+    seqs = [(40, 1), (20, 13), (0, 37), (70, 1), (0, 2), (15, 1), (33, 64)]
+    check(make_case(seqs, 8, 2, 64, dtype=dtype, window=window, seed=1))
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("window", [None, 1, 9])
+def test_prefill_without_grouping(block_size: int, window: int | None) -> None:
+    check(make_case([(0, 50), (17, 30), (64, 16)], 4, 4, 32, block_size, window=window,
+                    seed=2))
+
+
+@pytest.mark.parametrize("window", [None, 1000])
+def test_prefill_chunk_on_long_cached_context(window: int | None) -> None:
+    check(make_case([(5000, 48), (3000, 1)], 4, 1, 32, window=window, seed=3))
+
+
+@pytest.mark.parametrize("window", [None, 4096])
+def test_32k_context_decode_uses_split_k(window: int | None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    splits = record_splits(monkeypatch)
+    check(make_case([(32767, 1), (1000, 1)], 4, 1, 16, window=window, seed=4))
+    assert splits[0] > 1
+
+
+def static_meta(case: Case, padding: int = 0) -> AttentionMetadata:
+    """A CUDA-graph batch: host lists that must not be read, then ``padding`` rows with
+    seq_len 0, slot -1 and a zero block-table row."""
+    rows = len(case.seq_lens) + padding
+    width = len(case.tables[0])
+    return case.meta(
+        query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device=DEVICE),
+        seq_lens=device_tensor(case.seq_lens + [0] * padding, torch.int32),
+        block_tables=device_tensor(case.tables + [[0] * width] * padding, torch.int32),
+        slot_mapping=device_tensor(case.slots + [-1] * padding, torch.int64),
+        query_lens_host=Forbidden(), seq_lens_host=Forbidden(), static_shapes=True,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_static_shapes_with_padding_rows(dtype: torch.dtype) -> None:
+    """Padding rows write no K/V and give zeros; the real rows match the reference."""
+    real = make_case([(n - 1, 1) for n in (5, 16, 17, 40)], 8, 2, 32, dtype=dtype,
+                     spare_columns=2)
+    expected, expected_cache = reference(real)
+    pad = 3
+    fresh = torch.randn(pad, 12, 32, dtype=dtype, device=DEVICE)
+    q = torch.cat([real.q, fresh[:, :8]])
+    k = torch.cat([real.k, fresh[:, 8:10]])
+    v = torch.cat([real.v, fresh[:, 10:]])
+    cache = real.cache.clone()
+    out = TritonAttentionBackend().forward(q, k, v, cache, static_meta(real, pad), SCALE)
+    assert torch.equal(cache.float(), expected_cache)
+    assert torch.equal(out[-pad:], torch.zeros_like(out[-pad:]))
+    assert relative_error(out[:-pad], expected) <= TOLERANCE[dtype]
+
+
+def test_static_split_count_comes_from_table_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both rows short, but the table is 32K tokens wide: the split count (fixed for a
+    captured graph) is sized for the width, and the short rows still come out right."""
+    splits = record_splits(monkeypatch)
+    case = make_case([(20, 1), (40, 1)], 4, 1, 16, seed=5, spare_columns=2045)
+    assert len(case.tables[0]) * 16 == 32768
+    expected, expected_cache = reference(case)
+    cache = case.cache.clone()
+    out = TritonAttentionBackend().forward(case.q, case.k, case.v, cache, static_meta(case),
+                                           SCALE)
+    assert splits[0] > 1
+    assert torch.equal(cache, expected_cache)
+    assert relative_error(out, expected) <= TOLERANCE[torch.float32]
+
+
+def test_static_shapes_reject_prefill_rows() -> None:
+    case = make_case([(3, 2)], 4, 2, 32)
+    with pytest.raises(ValueError, match="decode only"):
+        TritonAttentionBackend().forward(case.q, case.k, case.v, case.cache.clone(),
+                                         case.meta(static_shapes=True), SCALE)
+
+
+def test_backend_supports_static_shapes() -> None:
+    backend = TritonAttentionBackend()
+    assert backend.name == "triton" and backend.supports_static_shapes
+
+
+def test_model_logits_match_torch_backend(tiny_checkpoint: Path) -> None:
+    """The tiny checkpoint through both backends: a prefill, a mixed step (a decode beside a
+    second prompt's first chunk), its second chunk, then batched decodes."""
+    from model.factory import build_model
+    from model.kv_cache import KVCacheSpec, allocate_kv_cache
+    from model.runner import build_step_tensors
+    from model.step import ScheduledSequence, StepInput
+
+    gen = torch.Generator().manual_seed(7)
+    prompt_a = torch.randint(3, 32000, (21,), generator=gen).tolist()
+    prompt_b = torch.randint(3, 32000, (30,), generator=gen).tolist()
+    table_a, table_b = [4, 1], [0, 6, 3]
+    steps = [
+        [ScheduledSequence("a", prompt_a, 0, table_a, True)],
+        [ScheduledSequence("a", [11], 21, table_a, True),
+         ScheduledSequence("b", prompt_b[:18], 0, table_b, True)],
+        [ScheduledSequence("a", [12], 22, table_a, True),
+         ScheduledSequence("b", prompt_b[18:], 18, table_b, True)],
+        [ScheduledSequence("a", [13], 23, table_a, True),
+         ScheduledSequence("b", [14], 30, table_b, True)],
+    ]
+    logits = {}
+    for name in ("torch", "triton"):
+        model = build_model(tiny_checkpoint, dtype="float32", device=DEVICE,
+                            attention_backend=name)
+        assert model.layers[0].self_attn.backend.name == name
+        spec = KVCacheSpec.for_model(model.config, model.ctx, 16, torch.float32)
+        caches = allocate_kv_cache(spec, 8, DEVICE)
+        outputs = []
+        for sequences in steps:
+            tensors = build_step_tensors(StepInput(sequences), 16, model.config.sliding_window,
+                                         DEVICE)
+            with torch.inference_mode():
+                hidden = model(tensors.input_ids, tensors.positions, caches, tensors.meta)
+                outputs.append(model.compute_logits(hidden[tensors.logits_indices]))
+        logits[name] = torch.cat(outputs)
+    assert logits["triton"].shape == (7, 32000)
+    assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-4
