@@ -25,7 +25,7 @@ from model.kv_cache import KVCacheSpec, allocate_kv_cache
 from model.runner import ModelRunner
 from model.step import StepInput, StepOutput
 from serve.engine.config import EngineConfig
-from serve.engine.executor import num_kv_blocks
+from serve.engine.executor import cuda_graph_options, num_kv_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,15 @@ class TPWorker:
                             device if device.type == "cuda" else None)
         model = build_model(config.model, dtype=config.dtype, device=device, ctx=ctx,
                             attention_backend=config.attention_backend,
-                            load_format=config.load_format, max_model_len=config.max_model_len)
+                            load_format=config.load_format, max_model_len=config.max_model_len,
+                            block_size=config.block_size)
         kv_spec = KVCacheSpec.for_model(model.config, ctx, config.block_size, model.dtype)
         # Ranks see different free memory, but block ids index every rank's cache alike:
         # all allocate what the tightest rank can hold.
         blocks = all_reduce_min(num_kv_blocks(config, kv_spec, device), ctx, device)
         caches = allocate_kv_cache(kv_spec, blocks, device)
-        self.runner = ModelRunner(model, caches, config.block_size, device)
+        self.runner = ModelRunner(model, caches, config.block_size, device,
+                                  cuda_graph_options(config))
         self.server = StepServer(self.rank, node_ip(), spec.token)
         self.thread = threading.Thread(target=self._serve, args=(spec.init_timeout_s,),
                                        name=f"tp-rank-{self.rank}", daemon=True)

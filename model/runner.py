@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.attention.metadata import AttentionMetadata
+from model.cuda_graph import CudaGraphOptions, DecodeGraphRunner
 from model.mistral import MistralForCausalLM
 from model.sampler import Sampler, SamplingBatch, make_generator
 from model.sampling_params import SamplingParams
@@ -91,14 +92,20 @@ def build_step_tensors(step: StepInput, block_size: int, sliding_window: int | N
 
 
 class ModelRunner:
+    """``cuda_graphs``: replay decode-only steps from CUDA graphs where the device and the
+    attention backend allow it (None: always eager). Graphs are captured here, at start."""
+
     def __init__(self, model: MistralForCausalLM, kv_caches: list[torch.Tensor],
-                 block_size: int, device: torch.device) -> None:
+                 block_size: int, device: torch.device,
+                 cuda_graphs: CudaGraphOptions | None = None) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
         self.sampler = Sampler()
         self.requests: dict[str, RequestState] = {}
+        self.decode_graphs = DecodeGraphRunner.create(model, kv_caches, block_size, device,
+                                                      cuda_graphs)
 
     @property
     def num_blocks(self) -> int:
@@ -115,6 +122,11 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, step: StepInput) -> tuple[torch.Tensor, list[str]]:
         """Logits [num_sampled, vocab] (float32) for the sequences that sample this step."""
+        graphs = self.decode_graphs
+        size = graphs.padded_size(step) if graphs is not None else None
+        if graphs is not None and size is not None:
+            hidden, request_ids = graphs.run(step, size)
+            return self.model.compute_logits(hidden), request_ids
         tensors = build_step_tensors(step, self.block_size, self.model.config.sliding_window,
                                      self.device)
         hidden = self.model(tensors.input_ids, tensors.positions, self.kv_caches, tensors.meta)

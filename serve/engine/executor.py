@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from model.cuda_graph import CudaGraphOptions
 from model.factory import build_model
 from model.kv_cache import KVCacheSpec, allocate_kv_cache
 from model.runner import ModelRunner
@@ -64,6 +65,10 @@ def kv_budget_bytes(config: EngineConfig, device: torch.device) -> int:
     return min(DEFAULT_CPU_KV_BYTES, available_memory(device) // 4)
 
 
+def cuda_graph_options(config: EngineConfig) -> CudaGraphOptions:
+    return CudaGraphOptions(config.cuda_graphs, config.cuda_graph_batch_limit)
+
+
 def num_kv_blocks(config: EngineConfig, spec: KVCacheSpec, device: torch.device) -> int:
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
@@ -78,14 +83,16 @@ class LocalExecutor:
         torch.manual_seed(config.seed)
         model = build_model(config.model, dtype=config.dtype, device=device,
                             attention_backend=config.attention_backend,
-                            load_format=config.load_format, max_model_len=config.max_model_len)
+                            load_format=config.load_format, max_model_len=config.max_model_len,
+                            block_size=config.block_size)
         spec = KVCacheSpec.for_model(model.config, model.ctx, config.block_size, model.dtype)
         self.num_kv_blocks = num_kv_blocks(config, spec, device)
         self.max_model_len = model.config.max_position_embeddings
         caches = allocate_kv_cache(spec, self.num_kv_blocks, device)
         logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", self.num_kv_blocks,
                     config.block_size, self.num_kv_blocks * spec.bytes_per_block / 2**20)
-        self.runner = ModelRunner(model, caches, config.block_size, device)
+        self.runner = ModelRunner(model, caches, config.block_size, device,
+                                  cuda_graph_options(config))
         self.model_config = model.config
 
     def execute(self, step: StepInput) -> StepOutput:
@@ -95,3 +102,5 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self.runner.kv_caches.clear()
+        # The graphs hold their memory pool and pointers into the caches just cleared.
+        self.runner.decode_graphs = None
