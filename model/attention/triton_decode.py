@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.attention.triton_tile import attend_tile
+
 LOG2E = math.log2(math.e)
 # Tokens per loop iteration; 4 pages of the default 16-token block.
 DECODE_BLOCK_N = 64
@@ -111,23 +113,9 @@ def _decode_kernel(
     for tile in range(start, end, BLOCK_N):
         pos = tile + tl.arange(0, BLOCK_N)
         key_ok = pos < end
-        page = tl.load(table + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        offs = page * stride_cb + (pos % BLOCK_SIZE) * stride_cs
-        k_t = tl.load(head_base + offs[None, :] + dims[:, None],
-                      mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
-        qk = tl.dot(q, k_t, input_precision=DOT_PRECISION) * scale_log2
-        qk = tl.where(key_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # Each tile holds a valid key, so m_new is finite here; the guard costs one select
-        # and rules out inf - inf = NaN should that ever change.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(qk - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(head_base + stride_ckv + offs[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, table, head_base, pos, key_ok,
+                                    key_ok[None, :], dims, dim_ok, scale_log2, stride_cb,
+                                    stride_cs, stride_ckv, BLOCK_SIZE, DOT_PRECISION)
 
     if NUM_SPLITS == 1:
         # l_i is 0 only for an empty context (a padding row): write zeros, not 0/0.

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from model.attention.triton_decode import LOG2E, dim_pad, dot_precision
+from model.attention.triton_tile import attend_tile
 
 # Rows of the query tile ((token, head) pairs) and keys per iteration: 64x64 tiles with
 # head_dim 128 keep Q, K, V and the fp32 accumulator well inside an H100 SM's registers and
@@ -78,26 +79,12 @@ def _prefill_kernel(
     for tile in range(lo, hi, BLOCK_N):
         pos = tile + tl.arange(0, BLOCK_N)
         key_ok = pos < hi
-        page = tl.load(table + pos // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
-        offs = page * stride_cb + (pos % BLOCK_SIZE) * stride_cs
-        k_t = tl.load(head_base + offs[None, :] + dims[:, None],
-                      mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
-        qk = tl.dot(q, k_t, input_precision=DOT_PRECISION) * scale_log2
         visible = key_ok[None, :] & (pos[None, :] <= query_pos[:, None])
         if HAS_WINDOW:
             visible = visible & (pos[None, :] > query_pos[:, None] - window)
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # A row can see nothing in a tile (window edge, or a padding row): keep its max at a
-        # finite value so exp2 gives 0 instead of exp2(-inf + inf) = NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(qk - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(head_base + stride_ckv + offs[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, table, head_base, pos, key_ok, visible,
+                                    dims, dim_ok, scale_log2, stride_cb, stride_cs,
+                                    stride_ckv, BLOCK_SIZE, DOT_PRECISION)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + tokens64[:, None] * stride_ot + heads[:, None] * stride_oh
