@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.random_checkpoint import random_prompts, write_tiny_checkpoint
 
-def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(100, vocab, (batch, prompt_len), generator=gen).tolist()
+if TYPE_CHECKING:  # annotations only: serve.llm is imported in main, after argument parsing
+    from serve.llm import LLM
 
 
 def mixed_workload(count: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -31,7 +33,7 @@ def mixed_workload(count: int, vocab: int, seed: int) -> tuple[list[list[int]], 
     return prompts, output_lens
 
 
-def run_engine(llm, prompts: list[list[int]], max_tokens: int | list[int]) -> float:
+def run_engine(llm: LLM, prompts: list[list[int]], max_tokens: int | list[int]) -> float:
     from model.sampling_params import SamplingParams
 
     lengths = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
@@ -43,7 +45,7 @@ def run_engine(llm, prompts: list[list[int]], max_tokens: int | list[int]) -> fl
     return elapsed
 
 
-def run_hf_batches(model, prompts: list[list[int]], output_lens: list[int], batch: int) -> float:
+def run_hf_batches(model: Any, prompts: list[list[int]], output_lens: list[int], batch: int) -> float:
     """HF static batching: left-padded batches of ``batch``, each run to its longest output."""
     start = time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -57,7 +59,7 @@ def run_hf_batches(model, prompts: list[list[int]], output_lens: list[int], batc
     return time.perf_counter() - start
 
 
-def run_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
+def run_hf(model: Any, prompts: list[list[int]], max_tokens: int) -> float:
     input_ids = torch.tensor(prompts)  # equal lengths: no padding needed
     start = time.perf_counter()
     with torch.no_grad():
@@ -70,20 +72,11 @@ def run_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
 
 
 def write_tiny_mistral() -> str:
-    """Random weights through the real HF save path; per-step overhead dominates here."""
-    import tempfile
-
-    from transformers import MistralConfig, MistralForCausalLM
-
+    """A random 2-layer Mistral (hidden 64, full 32,000-token vocabulary, 4096-token context)
+    with the v1 tokenizer, in a fresh temp dir: per-step overhead dominates here. Its name
+    (``tiny-mistral-*``) is the records' ``model``; bench/prefix_routing.py uses it too."""
     directory = Path(tempfile.mkdtemp(prefix="tiny-mistral-"))
-    config = MistralConfig(vocab_size=32000, hidden_size=64, intermediate_size=160,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           head_dim=16, max_position_embeddings=4096)
-    MistralForCausalLM(config).save_pretrained(directory, safe_serialization=True)
-    from model.tokenizer import bundled_mistral_v1_path
-
-    (directory / "tokenizer.model").write_bytes(bundled_mistral_v1_path().read_bytes())
-    return str(directory)
+    return str(write_tiny_checkpoint(directory, max_position_embeddings=4096))
 
 
 def main() -> None:

@@ -34,13 +34,19 @@ from serve.prefix_index import (
     leading_block_counts,
     open_prefix_index,
 )
+from serve.routing_policy import ReplicaLoad, RoutingPolicy, choose_replicas
 
 REPLICAS = ["replica-0", "replica-1", "replica-2", "replica-3"]
 
 
+POLICY = RoutingPolicy()
+
+
 def choose_replica(counts: dict[str, int], loads: dict[str, int]) -> str:
-    """Longest cached prefix first; among equals the least loaded replica."""
-    return max(loads, key=lambda replica: (counts.get(replica, 0), -loads[replica]))
+    """The router's own ranking (serve/routing_policy.py) over these loads; each replica
+    takes 64 ongoing requests, so the loads drawn here stay under the cap."""
+    replicas = [ReplicaLoad(replica, load, 64) for replica, load in loads.items()]
+    return choose_replicas(None, counts, replicas, POLICY).replica_ids[0]
 
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:

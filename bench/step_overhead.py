@@ -67,13 +67,13 @@ def measure(tp: int, model_dir: str, steps: int, common: dict[str, object]) -> N
 
     from cluster.group import WorkerGroup
     from cluster.options import ClusterOptions
+    from model.runner_config import RunnerConfig
     from model.sampling_params import SamplingParams
     from model.step import NewRequest, ScheduledSequence, StepInput
-    from serve.engine.config import EngineConfig
 
-    config = EngineConfig(model=model_dir, tensor_parallel_size=tp, load_format="dummy",
-                          dtype="float32", device="auto", num_kv_blocks=16)
-    group = WorkerGroup.start(config, ClusterOptions())
+    config = RunnerConfig(model=model_dir, load_format="dummy", dtype="float32",
+                          device="auto", num_kv_blocks=16)
+    group = WorkerGroup.start(config, tp, ClusterOptions())
     try:
         empty = StepInput([])
         prompt = list(range(10, 18))

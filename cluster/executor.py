@@ -1,7 +1,7 @@
 """The engine's executor for tp > 1: a Ray worker group behind the ``Executor`` protocol.
 
 Failure is part of the contract: when a rank dies, hangs past the step timeout or fails its
-step, ``execute`` raises :class:`ExecutorError` at once (never waits on the dead rank), the
+step, ``execute`` raises :class:`WorkerGroupError` at once (never waits on the dead rank), the
 surviving ranks are killed so their devices free up, and the executor stays dead: every
 later call raises the same retryable error, and ``check_health`` tells Serve to replace the
 replica.
@@ -18,11 +18,14 @@ from cluster.channel import ChannelError
 from cluster.group import WorkerGroup
 from cluster.options import ClusterOptions
 from cluster.placement import local_num_cpus
+from model.runner_config import RunnerConfig
 from model.step import StepInput, StepOutput
-from serve.engine.config import EngineConfig
-from serve.engine.executor import ExecutorError
 
 logger = logging.getLogger(__name__)
+
+class WorkerGroupError(RuntimeError):
+    """The tensor-parallel workers failed; in-flight requests should be retried elsewhere."""
+
 
 RETRY_HINT = "retry the request on a healthy replica (this one must restart its workers)"
 
@@ -39,10 +42,11 @@ def ensure_ray(tp: int, options: ClusterOptions) -> None:
 
 
 class RayExecutor:
-    def __init__(self, config: EngineConfig, options: ClusterOptions | None = None) -> None:
+    def __init__(self, config: RunnerConfig, tp_size: int,
+                 options: ClusterOptions | None = None) -> None:
         self.options = options or ClusterOptions.from_env()
-        ensure_ray(config.tensor_parallel_size, self.options)
-        self.group = WorkerGroup.start(config, self.options)
+        ensure_ray(tp_size, self.options)
+        self.group = WorkerGroup.start(config, tp_size, self.options)
         self.num_kv_blocks = self.group.num_kv_blocks
         self.max_model_len = self.group.max_model_len
         self.dead_reason: str | None = None
@@ -51,22 +55,22 @@ class RayExecutor:
 
     def execute(self, step: StepInput) -> StepOutput:
         if self.dead_reason is not None:
-            raise ExecutorError(self.dead_reason)
+            raise WorkerGroupError(self.dead_reason)
         try:
             return self.group.execute(step)
         except ChannelError as exc:
             self._fail(f"tensor-parallel worker failed: {exc}")
-            raise ExecutorError(self.dead_reason) from exc
+            raise WorkerGroupError(self.dead_reason) from exc
 
     def check_health(self) -> None:
-        """Raise :class:`ExecutorError` unless every rank answers within the health timeout."""
+        """Raise :class:`WorkerGroupError` unless every rank answers within the health timeout."""
         if self.dead_reason is not None:
-            raise ExecutorError(self.dead_reason)
+            raise WorkerGroupError(self.dead_reason)
         try:
             self.group.ping(self.options.health_timeout_s)
         except (ray.exceptions.RayError, TimeoutError) as exc:
             self._fail(f"tensor-parallel worker failed its health check: {exc}")
-            raise ExecutorError(self.dead_reason) from exc
+            raise WorkerGroupError(self.dead_reason) from exc
 
     def _fail(self, message: str) -> None:
         self.dead_reason = f"{message}; {RETRY_HINT}"

@@ -23,8 +23,8 @@ from cluster.options import ClusterOptions
 from cluster.placement import Placement, WorkerResources, acquire_placement, check_model_split
 from cluster.worker import ComputeLogits, ShardReport, TPWorker, WorkerInfo, WorkerInit
 from model.config import ModelConfig
+from model.runner_config import RunnerConfig
 from model.step import StepInput, StepOutput
-from serve.engine.config import EngineConfig
 
 
 def get_fail_fast(refs: list[Any], timeout_s: float, what: str) -> list[Any]:
@@ -70,8 +70,7 @@ class WorkerGroup:
         return self.infos[0].max_model_len
 
     @classmethod
-    def start(cls, config: EngineConfig, options: ClusterOptions) -> WorkerGroup:
-        tp = config.tensor_parallel_size
+    def start(cls, config: RunnerConfig, tp: int, options: ClusterOptions) -> WorkerGroup:
         check_model_split(ModelConfig.from_pretrained(config.model), tp)
         placement, resources = acquire_placement(tp, config.device, options.cpus_per_worker,
                                                  options.start_timeout_s)

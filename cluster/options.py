@@ -1,7 +1,7 @@
 """How a tensor-parallel worker group runs, and the one module of `cluster` that reads
 environment variables.
 
-The engine builds its executor from an :class:`~serve.engine.config.EngineConfig` alone, so
+The engine builds its executor from a :class:`~model.factory.RunnerConfig` and a size alone, so
 the knobs that only matter for Ray (timeouts, CPUs per rank) come from here: defaults that
 suit one machine, overridable per deployment through the environment, or passed explicitly
 by tests and benchmarks.

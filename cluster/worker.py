@@ -20,12 +20,10 @@ import torch
 
 from cluster.channel import StepServer
 from cluster.dist import all_reduce_min, backend_for, find_free_port, init_tp_group, node_ip
-from model.factory import build_model
-from model.kv_cache import KVCacheSpec, allocate_kv_cache
+from model.factory import build_runner
 from model.runner import ModelRunner
+from model.runner_config import RunnerConfig
 from model.step import StepInput, StepOutput
-from serve.engine.config import EngineConfig
-from serve.engine.executor import cuda_graph_options, num_kv_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ logger = logging.getLogger(__name__)
 class WorkerInit:
     """Everything a rank needs to join its group and load its shard."""
 
-    config: EngineConfig
+    config: RunnerConfig
     device: str  # "cuda" (the one GPU Ray assigned) or "cpu"
     master_addr: str
     master_port: int
@@ -109,21 +107,13 @@ class TPWorker:
         device = torch.device("cuda", 0) if spec.device == "cuda" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # Ray made the assigned GPU the only visible one
-        torch.manual_seed(config.seed)  # unseeded sampling on rank 0 matches LocalExecutor
         ctx = init_tp_group(self.rank, self.tp_size, spec.master_addr, spec.master_port,
                             backend_for(device), timedelta(seconds=spec.init_timeout_s),
                             device if device.type == "cuda" else None)
-        model = build_model(config.model, dtype=config.dtype, device=device, ctx=ctx,
-                            attention_backend=config.attention_backend,
-                            load_format=config.load_format, max_model_len=config.max_model_len,
-                            block_size=config.block_size)
-        kv_spec = KVCacheSpec.for_model(model.config, ctx, config.block_size, model.dtype)
-        # Ranks see different free memory, but block ids index every rank's cache alike:
-        # all allocate what the tightest rank can hold.
-        blocks = all_reduce_min(num_kv_blocks(config, kv_spec, device), ctx, device)
-        caches = allocate_kv_cache(kv_spec, blocks, device)
-        self.runner = ModelRunner(model, caches, config.block_size, device,
-                                  cuda_graph_options(config))
+        self.runner = build_runner(config, device=device, ctx=ctx,
+                                   agree_num_blocks=lambda n: all_reduce_min(n, ctx, device))
+        blocks = self.runner.num_blocks
+        model = self.runner.model
         self.server = StepServer(self.rank, node_ip(), spec.token)
         self.thread = threading.Thread(target=self._serve, args=(spec.init_timeout_s,),
                                        name=f"tp-rank-{self.rank}", daemon=True)

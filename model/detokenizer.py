@@ -15,10 +15,8 @@ holding back while the text ends with U+FFFD (an incomplete character).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from model.tokenizer import Tokenizer
+from model.tokenizer_protocol import Tokenizer
 
 _REPLACEMENT_CHAR = "\ufffd"
 # 16 bytes = at least four characters: valid text still streams, in bursts.

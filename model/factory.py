@@ -1,16 +1,26 @@
-"""Build a loaded model (this rank's shard) from a checkpoint path or a preset name."""
+"""Build a loaded model (this rank's shard) from a checkpoint path or a preset name, and the
+model runner around it: :func:`build_runner` is the one way every executor (the in-process one
+at tp=1 and each tensor-parallel rank) builds its runner."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from model.attention.backend import create_backend
 from model.config import PRESETS, ModelConfig
+from model.cuda_graph import CudaGraphOptions
+from model.kv_cache import KVCacheSpec, allocate_kv_cache, kv_budget_bytes
 from model.loader import load_dummy_weights, load_weights
 from model.mistral import MistralForCausalLM
 from model.parallel import SINGLE, ParallelContext
+from model.runner import ModelRunner
+from model.runner_config import RunnerConfig
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
@@ -56,3 +66,39 @@ def build_model(model: str | Path, *, dtype: str | torch.dtype = "auto",
                              "directory or load_format='dummy'")
         load_weights(network, model, progress=progress)
     return network.eval()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
+                 ctx: ParallelContext = SINGLE,
+                 agree_num_blocks: Callable[[int], int] | None = None) -> ModelRunner:
+    """Seed, load this rank's shard, size and allocate its KV cache, wrap both in a runner.
+
+    ``device`` overrides ``config.device`` (a Ray rank knows its GPU only once it runs).
+    ``agree_num_blocks`` turns this rank's block count into the group's: ranks see different
+    free memory, but block ids index every rank's cache alike, so all allocate what the
+    tightest rank can hold (an all-reduce MIN at tp > 1).
+    """
+    device = device if device is not None else resolve_device(config.device)
+    # Unseeded sampling happens on rank 0 only; seeding here makes it the same at every tp.
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, dtype=config.dtype, device=device, ctx=ctx,
+                        attention_backend=config.attention_backend,
+                        load_format=config.load_format, max_model_len=config.max_model_len,
+                        block_size=config.block_size)
+    spec = KVCacheSpec.for_model(model.config, ctx, config.block_size, model.dtype)
+    num_blocks = config.num_kv_blocks
+    if num_blocks is None:
+        num_blocks = spec.num_blocks_for(kv_budget_bytes(config.kv_cache_memory, device))
+    if agree_num_blocks is not None:
+        num_blocks = agree_num_blocks(num_blocks)
+    caches = allocate_kv_cache(spec, num_blocks, device)
+    logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size,
+                num_blocks * spec.bytes_per_block / 2**20)
+    graphs = CudaGraphOptions(config.cuda_graphs, config.cuda_graph_max_batch_size)
+    return ModelRunner(model, caches, config.block_size, device, graphs)

@@ -48,3 +48,33 @@ def allocate_kv_cache(spec: KVCacheSpec, num_blocks: int, device: torch.device
                          f"{spec.bytes_per_block} bytes; give it at least one block")
     shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
     return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+
+
+# Off CUDA the KV cache shares host memory with everything else: by default it takes at most
+# this much (and at most a quarter of what is available).
+DEFAULT_CPU_KV_BYTES = 1 << 30
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on the device now (after the weights are loaded)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return DEFAULT_CPU_KV_BYTES
+
+
+def kv_budget_bytes(memory: int | float | None, device: torch.device) -> int:
+    """The KV budget of one rank: an int is bytes, a float a fraction of the free memory,
+    None the device's default (90% of free GPU memory; on CPU the smaller of 1 GiB and a
+    quarter of what is available)."""
+    if isinstance(memory, float):
+        return int(available_memory(device) * memory)
+    if isinstance(memory, int):
+        return memory
+    if device.type == "cuda":
+        return int(available_memory(device) * 0.9)
+    return min(DEFAULT_CPU_KV_BYTES, available_memory(device) // 4)

@@ -1,60 +1,33 @@
-"""The `Tokenizer` protocol and `load_tokenizer`, which picks the implementation for a checkpoint:
+"""`load_tokenizer`, which picks the implementation for a checkpoint:
 `MistralV1Tokenizer` (model/tokenizer_mistral.py) or `HFTokenizer` (model/tokenizer_hf.py).
 
-Both encode text, format a chat into prompt ids, decode, and give `IncrementalDetokenizer`
-(model/detokenizer.py) what it needs for streaming.
+Both implement the `Tokenizer` protocol (model/tokenizer_protocol.py): encode text, format a
+chat into prompt ids, decode, and give `IncrementalDetokenizer` (model/detokenizer.py) what it
+needs for streaming.
 
 Cheap to import: no torch, ray or grpc (the ingress imports this).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from model.detokenizer import IncrementalDetokenizer
+from model.config import PRESETS
 from model.tokenizer_hf import HF_TOKENIZER_FILE, HFTokenizer, read_json
 from model.tokenizer_mistral import MistralV1Tokenizer, bundled_mistral_v1_path
+from model.tokenizer_protocol import Tokenizer
 
 __all__ = [
     "HFTokenizer",
-    "IncrementalDetokenizer",
     "MistralV1Tokenizer",
     "Tokenizer",
     "bundled_mistral_v1_path",
+    "load_model_tokenizer",
     "load_tokenizer",
 ]
 
 _SP_FILES = ("tokenizer.model", "tokenizer.model.v1")
 _MISTRAL_MARKERS = ("params.json",)  # mistral-inference "consolidated" checkpoints
-
-
-@runtime_checkable
-class Tokenizer(Protocol):
-    """What the ingress and the detokenizer need from a tokenizer."""
-
-    @property
-    def bos_token_id(self) -> int | None: ...
-
-    @property
-    def eos_token_id(self) -> int: ...
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    @property
-    def special_token_ids(self) -> frozenset[int]:
-        """Ids that `decode(..., skip_special_tokens=True)` drops (e.g. <s>, </s>)."""
-        ...
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
-
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> list[int]: ...
-
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]: ...
 
 
 def _is_mistral_checkpoint(directory: Path) -> bool:
@@ -100,3 +73,11 @@ def load_tokenizer(checkpoint_dir: str | Path) -> Tokenizer:
         "and for params.json or a config.json with model_type 'mistral' (which use the bundled "
         "Mistral v1 tokenizer)"
     )
+
+
+def load_model_tokenizer(source: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint directory or of a preset name (presets carry no files:
+    the Mistral v1 tokenizer is the one they were trained with)."""
+    if str(source) in PRESETS:
+        return MistralV1Tokenizer.from_file(None)
+    return load_tokenizer(Path(source))

@@ -13,17 +13,12 @@ from ray.serve.config import RequestRouterConfig
 
 from model.config import ModelConfig
 from serve.autoscaling import autoscaling_policy_config
-from serve.config import ServeConfig
+from serve.config import IngressSettings, ServeConfig
 from serve.ingress import Ingress
 from serve.llm_server import LLMServer
 
 GRPC_SERVICER = "serve.grpc_api.llm_pb2_grpc.add_LLMServiceServicer_to_server"
 ROUTER_PATH = "serve.router:PrefixSessionRouter"
-
-
-def engine_settings(config: ServeConfig, model: str) -> dict[str, Any]:
-    return {"model": model, "tensor_parallel_size": config.tensor_parallel_size,
-            **config.engine}
 
 
 def _cluster_has_gpus() -> bool:
@@ -36,7 +31,7 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     """Replica resources: bundle 0 for the replica, then one bundle per tensor-parallel rank
     (a GPU each on GPU clusters), STRICT_PACK so a model copy never spans nodes."""
     tp = config.tensor_parallel_size
-    gpu = config.engine.get("device", "auto") != "cpu" and (
+    gpu = config.engine.device != "cpu" and (
         config.accelerator == "gpu" or (config.accelerator == "auto" and _cluster_has_gpus()))
     options: dict[str, Any] = {
         "max_ongoing_requests": config.max_ongoing_requests,
@@ -73,16 +68,28 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     return options
 
 
+def ingress_max_ongoing_requests(config: ServeConfig) -> int:
+    """Enough streams per Ingress replica to fill every LLMServer replica it may reach
+    (Serve's default of 5 would cap the whole service at 5 streams per Ingress replica)."""
+    replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
+    total = config.max_ongoing_requests * replicas
+    return -(-total // config.ingress_replicas)
+
+
 def build_app(config: ServeConfig) -> Any:
     model = config.resolved_model()
     model_config = ModelConfig.from_pretrained(model)
-    engine = engine_settings(config, model)
-    max_model_len = engine.get("max_model_len") or model_config.max_position_embeddings
-    llm = LLMServer.options(**llm_server_options(config)).bind(engine, config.redis_url, config.index_resync_s)
-    settings = {"engine": engine, "model_name": config.model or "SmolLM2-135M-Instruct",
-                "max_model_len": max_model_len, "api_key": config.api_key,
-                "limits": config.limits.model_dump()}
+    engine = config.engine_config(model)
+    max_model_len = engine.max_model_len or model_config.max_position_embeddings
+    llm = LLMServer.options(**llm_server_options(config)).bind(
+        engine, config.redis_url, config.index_resync_s)
+    settings = IngressSettings(
+        model_name=config.model or "SmolLM2-135M-Instruct",
+        tokenizer=engine.tokenizer or engine.model, block_size=engine.block_size,
+        tensor_parallel_size=engine.tensor_parallel_size, max_model_len=max_model_len,
+        api_key=config.api_key, limits=config.limits)
     return Ingress.options(num_replicas=config.ingress_replicas,
+                           max_ongoing_requests=ingress_max_ongoing_requests(config),
                            ray_actor_options={"num_cpus": 0.25}).bind(llm, settings)
 
 
@@ -97,7 +104,10 @@ def build(args: dict[str, Any]) -> Any:
 
 def serve_config(config: ServeConfig) -> dict[str, Any]:
     """A Serve config (``serve deploy`` / KubeRay ``serveConfigV2``) for this ServeConfig."""
-    args = config.model_dump(exclude_none=True, exclude={"grpc_port", "http_port", "host"})
+    args = config.model_dump(exclude_none=True,
+                             exclude={"grpc_port", "http_port", "host", "engine"})
+    # Only the engine settings given: the engine's defaults stay the engine's to choose.
+    args["engine"] = config.engine.model_dump(exclude_unset=True)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": config.http_port},

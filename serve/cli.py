@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import threading
@@ -172,18 +173,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# A plain install is the SDK alone; these commands run the service or the engine.
+SERVER_MODULES = ("torch", "ray", "pydantic", "transformers")
+
+
+def missing_server_packages() -> list[str]:
+    return [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"up": cmd_up, "config": cmd_config, "chat": cmd_chat,
                 "generate": cmd_generate, "status": cmd_status}
+    needs_server = args.command in ("up", "config") or getattr(args, "offline", False)
+    if needs_server and (missing := missing_server_packages()):
+        print(f"error: '{args.command}' runs the service and needs {', '.join(missing)}: "
+              "install the server with pip install 'mistral-serve[server]'", file=sys.stderr)
+        return 2
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a CLI prints what went wrong, not a traceback
-        from pydantic import ValidationError
-
-        if isinstance(exc, (ValueError, ValidationError, OSError)) or \
+        # pydantic's ValidationError is a ValueError: a bad config lands here too.
+        if isinstance(exc, (ValueError, OSError)) or \
                 type(exc).__module__.startswith("serve.client"):
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -8,16 +8,20 @@ index, gRPC on 9000 and HTTP on 8000. The same model is exported as a Serve conf
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from serve.engine.config import EngineConfig, EngineOptions, StrictModel
 
 API_KEY_ENV = "MISTRAL_SERVE_API_KEY"
 REDIS_URL_ENV = "MISTRAL_SERVE_REDIS_URL"
 MODEL_ENV = "MISTRAL_SERVE_MODEL"
 
 
-class AutoscalingBounds(BaseModel):
+class AutoscalingBounds(StrictModel):
+    section: ClassVar[str] = "autoscaling"
+
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(16.0, gt=0)
@@ -37,14 +41,19 @@ class AutoscalingBounds(BaseModel):
         return self
 
 
-class Limits(BaseModel):
+class Limits(StrictModel):
+    section: ClassVar[str] = "limits"
+
     max_prompt_tokens: int | None = Field(None, ge=1)  # None: the model's context
     max_new_tokens: int = Field(4096, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
 
-class ServeConfig(BaseModel):
-    """Everything ``up`` needs; every field has an embedded default."""
+class ServeConfig(StrictModel):
+    """Everything ``up`` needs; every field has an embedded default. Unknown keys, here or in
+    a section, fail with the valid ones named."""
+
+    section: ClassVar[str] = "the service config"
 
     model: str | None = None  # None: the embedded SmolLM2 checkpoint
     tensor_parallel_size: int = Field(1, ge=1)
@@ -67,8 +76,9 @@ class ServeConfig(BaseModel):
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
-    # Passed to EngineConfig (dtype, block_size, kv_cache_memory, max_model_len, ...).
-    engine: dict[str, Any] = Field(default_factory=dict)
+    # The engine's own settings (dtype, block_size, kv_cache_memory, max_model_len, ...);
+    # the checkpoint and tensor-parallel size come from the fields above.
+    engine: EngineOptions = Field(default_factory=EngineOptions)
 
     @field_validator("tensor_parallel_size")
     @classmethod
@@ -96,3 +106,22 @@ class ServeConfig(BaseModel):
         from model.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
+
+    def engine_config(self, model: str) -> EngineConfig:
+        """The engine every LLMServer replica runs, for the resolved checkpoint ``model``."""
+        return EngineConfig(model=model, tensor_parallel_size=self.tensor_parallel_size,
+                            **self.engine.model_dump())
+
+
+class IngressSettings(StrictModel):
+    """What the Ingress deployment needs: how to tokenize and validate, and what to report."""
+
+    section: ClassVar[str] = "ingress settings"
+
+    model_name: str
+    tokenizer: str  # a checkpoint directory or a preset name
+    block_size: int
+    tensor_parallel_size: int
+    max_model_len: int
+    api_key: str | None = None
+    limits: Limits = Field(default_factory=Limits)

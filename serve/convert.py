@@ -8,6 +8,7 @@ from model.sampling_params import SamplingParams
 from serve.errors import invalid
 from serve.grpc_api import llm_pb2
 from serve.protocol import ServeChunk
+from serve.sampling_limits import limited_sampling_params
 
 _OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
              "presence_penalty", "frequency_penalty", "seed", "logprobs", "min_tokens")
@@ -22,15 +23,8 @@ def sampling_params(message: Any, max_new_tokens: int) -> SamplingParams:
     values["stop_token_ids"] = list(message.stop_token_ids) or None
     values["ignore_eos"] = message.ignore_eos
     values["include_stop_str_in_output"] = message.include_stop_str_in_output
-    requested = values.get("max_tokens")
-    if requested is not None and requested > max_new_tokens:
-        raise invalid(f"max_tokens is {requested}, above this service's limit of "
-                      f"{max_new_tokens}; ask for fewer tokens")
-    values.setdefault("max_tokens", min(256, max_new_tokens))
-    try:
-        return SamplingParams(**values)
-    except (ValueError, TypeError) as exc:
-        raise invalid(f"sampling: {exc}") from None
+    return limited_sampling_params(values, max_new_tokens, min(256, max_new_tokens),
+                                   context="sampling: ")
 
 
 def check_identifier(name: str, value: str) -> str | None:

@@ -1,30 +1,77 @@
-"""Errors the front end turns into gRPC statuses with a message that says what to change."""
+"""The one error table: every status a request can end with, in each form the front ends
+speak (gRPC code, HTTP status, OpenAI error type and code).
+
+The engine's errors (serve/engine/errors.py) and the front door's own (below) carry their
+status; the LLMServer, the Ingress and the OpenAI layer read this table and map nothing
+themselves. No grpc import here: the gRPC code is looked up by name where it is set.
+"""
 
 from __future__ import annotations
 
-import grpc
+from dataclasses import dataclass
+from typing import Any
 
-from serve import protocol
+from serve.engine.errors import (
+    EngineDeadError,
+    InternalError,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+    ServiceError,
+    Status,
+)
+
+__all__ = [
+    "ERRORS", "EngineDeadError", "ErrorForm", "InternalError", "InvalidRequestError",
+    "ModelNotFoundError", "PromptTooLongError", "QueueFullError", "RequestTooLargeError",
+    "ServiceError", "Status", "UnauthenticatedError", "form_of", "grpc_code", "invalid",
+]  # fmt: skip
 
 
-class ServiceError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __reduce__(self) -> tuple[type, tuple[grpc.StatusCode, str]]:
-        # Ray pickles exceptions between processes; rebuild from both fields.
-        return (ServiceError, (self.code, self.message))
+@dataclass(frozen=True)
+class ErrorForm:
+    http_status: int
+    openai_type: str
+    openai_code: str
+    retryable: bool  # 429 and 503 carry Retry-After
 
 
-def invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-CODES = {
-    protocol.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    protocol.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    protocol.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    protocol.INTERNAL: grpc.StatusCode.INTERNAL,
+ERRORS: dict[Status, ErrorForm] = {
+    Status.INVALID_ARGUMENT: ErrorForm(400, "invalid_request_error", "invalid_argument", False),
+    Status.UNAUTHENTICATED: ErrorForm(401, "authentication_error", "invalid_api_key", False),
+    Status.PERMISSION_DENIED: ErrorForm(403, "permission_error", "permission_denied", False),
+    Status.NOT_FOUND: ErrorForm(404, "invalid_request_error", "not_found", False),
+    Status.RESOURCE_EXHAUSTED: ErrorForm(429, "rate_limit_error", "rate_limit_exceeded", True),
+    Status.DEADLINE_EXCEEDED: ErrorForm(504, "server_error", "deadline_exceeded", False),
+    Status.UNAVAILABLE: ErrorForm(503, "server_error", "service_unavailable", True),
+    Status.INTERNAL: ErrorForm(500, "server_error", "internal_error", False),
 }
+
+
+def form_of(status: Status | str) -> ErrorForm:
+    return ERRORS[Status(status)]
+
+
+def grpc_code(status: Status | str) -> Any:
+    """The ``grpc.StatusCode`` of a status (the enum members share their names)."""
+    import grpc
+
+    return getattr(grpc.StatusCode, Status(status).value)
+
+
+class UnauthenticatedError(ServiceError):
+    status = Status.UNAUTHENTICATED
+
+
+class RequestTooLargeError(ServiceError):
+    """The request message is over the service's size limit."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class ModelNotFoundError(ServiceError):
+    status = Status.NOT_FOUND
+
+
+def invalid(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message)

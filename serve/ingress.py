@@ -5,7 +5,7 @@ streams the LLMServer's chunks back. Errors become gRPC statuses with a message:
 and details are set on the Serve gRPC context before raising, which Serve's proxy passes to
 the client as they are (an exception alone would reach the client as INTERNAL).
 
-The same deployment serves the OpenAI-compatible HTTP API (serve/openai.py) through Serve's
+The same deployment serves the OpenAI-compatible HTTP API (serve/openai/) through Serve's
 HTTP proxy: one application, so the gRPC proxy routes without extra metadata. The FastAPI app
 is built per replica, after ``__init__``, and shares the helpers below with the RPCs.
 """
@@ -18,14 +18,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
-import grpc
 from ray import serve
 
 from model.sampling_params import SamplingParams
+from model.tokenizer import load_model_tokenizer
+from serve.config import IngressSettings
 from serve.convert import chat_messages, check_identifier, response, sampling_params
 from serve.engine.block_hash import hash_prompt_blocks
-from serve.engine.factory import load_engine_tokenizer
-from serve.errors import CODES, ServiceError, invalid
+from serve.errors import (
+    RequestTooLargeError,
+    ServiceError,
+    Status,
+    UnauthenticatedError,
+    grpc_code,
+    invalid,
+)
 from serve.grpc_api import llm_pb2
 from serve.protocol import ServeRequest
 
@@ -37,24 +44,21 @@ VERSION = "0.1.0"
 @serve.deployment(name="Ingress")
 @serve.ingress()  # the ASGI app comes from __serve_build_asgi_app__, once per replica
 class Ingress:
-    def __init__(self, llm_server: Any, settings: dict[str, Any]) -> None:
-        from serve.engine.config import EngineConfig
-
+    def __init__(self, llm_server: Any, settings: IngressSettings) -> None:
         self.llm = llm_server.options(stream=True)
         self.settings = settings
-        engine = EngineConfig(**settings["engine"])
-        self.tokenizer = load_engine_tokenizer(engine)
-        self.block_size = engine.block_size
-        self.max_model_len: int = settings["max_model_len"]
-        self.api_key: str | None = settings.get("api_key")
-        limits = settings["limits"]
-        self.max_prompt_tokens = min(limits.get("max_prompt_tokens") or self.max_model_len,
+        self.tokenizer = load_model_tokenizer(settings.tokenizer)
+        self.block_size = settings.block_size
+        self.max_model_len = settings.max_model_len
+        self.api_key = settings.api_key
+        limits = settings.limits
+        self.max_prompt_tokens = min(limits.max_prompt_tokens or self.max_model_len,
                                      self.max_model_len - 1)
-        self.max_new_tokens: int = limits["max_new_tokens"]
-        self.max_message_bytes: int = limits["max_message_bytes"]
+        self.max_new_tokens = limits.max_new_tokens
+        self.max_message_bytes = limits.max_message_bytes
 
     def __serve_build_asgi_app__(self) -> Any:
-        from serve.openai import build_openai_app
+        from serve.openai.app import build_openai_app
 
         return build_openai_app(self)
 
@@ -89,21 +93,20 @@ class Ingress:
             else:
                 ids = self.tokenizer.encode(request.text, add_bos=request.add_bos)
         except ServiceError as exc:
-            self._fail(grpc_context, exc.code, exc.message)
+            self._fail(grpc_context, exc.status, exc.message)
         except ValueError as exc:
-            self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._fail(grpc_context, Status.INVALID_ARGUMENT, str(exc))
         return llm_pb2.TokenizeResponse(token_ids=ids)
 
     async def ModelInfo(self, request: Any, grpc_context: Any = None) -> Any:
         try:
             self._authenticate(grpc_context)
         except ServiceError as exc:
-            self._fail(grpc_context, exc.code, exc.message)
-        engine = self.settings["engine"]
+            self._fail(grpc_context, exc.status, exc.message)
         return llm_pb2.ModelInfoResponse(
-            model=self.settings["model_name"], max_model_len=self.max_model_len,
+            model=self.settings.model_name, max_model_len=self.max_model_len,
             vocab_size=self.tokenizer.vocab_size, block_size=self.block_size,
-            tensor_parallel_size=engine.get("tensor_parallel_size", 1), version=VERSION)
+            tensor_parallel_size=self.settings.tensor_parallel_size, version=VERSION)
 
     # ---- shared -----------------------------------------------------------------------------
 
@@ -112,9 +115,8 @@ class Ingress:
             return
         metadata = dict(grpc_context.invocation_metadata()) if grpc_context else {}
         if not self.api_key_matches(metadata):
-            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED,
-                               "missing or wrong API key: send metadata "
-                               "'authorization: Bearer <key>'")
+            raise UnauthenticatedError("missing or wrong API key: send metadata "
+                                       "'authorization: Bearer <key>'")
 
     def api_key_matches(self, headers: Mapping[str, str]) -> bool:
         """gRPC metadata or HTTP headers (lower-case names) offer the key as
@@ -162,9 +164,9 @@ class Ingress:
     def _check_size(self, request: Any) -> None:
         size = request.ByteSize()
         if size > self.max_message_bytes:
-            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"the request is {size} bytes; this service accepts at most "
-                               f"{self.max_message_bytes} bytes: send a shorter prompt")
+            raise RequestTooLargeError(f"the request is {size} bytes; this service accepts at "
+                                       f"most {self.max_message_bytes} bytes: send a shorter "
+                                       "prompt")
 
     async def _stream(self, grpc_context: Any, request: Any,
                       build: Callable[[], ServeRequest]) -> AsyncIterator[Any]:
@@ -173,14 +175,14 @@ class Ingress:
             self._check_size(request)
             serve_request = build()
         except ServiceError as exc:
-            self._fail(grpc_context, exc.code, exc.message)
+            self._fail(grpc_context, exc.status, exc.message)
         stream = self.llm.generate.remote(serve_request)
         finished = False
         try:
             async for chunk in stream:
                 if chunk.error_code is not None:
                     finished = True
-                    self._fail(grpc_context, CODES[chunk.error_code], chunk.error or "")
+                    self._fail(grpc_context, chunk.error_code, chunk.error or "")
                 yield response(chunk)
             finished = True
         finally:
@@ -191,10 +193,10 @@ class Ingress:
                 stream.cancel()
 
     @staticmethod
-    def _fail(grpc_context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+    def _fail(grpc_context: Any, status: Status, message: str) -> NoReturn:
         """Set the status for Serve's proxy and raise; without a context (direct calls in
-        tests), the ServiceError itself carries code and message."""
+        tests), the error itself carries status and message."""
         if grpc_context is not None:
-            grpc_context.set_code(code)
+            grpc_context.set_code(grpc_code(status))
             grpc_context.set_details(message)
-        raise ServiceError(code, message)
+        raise ServiceError(message, status)

@@ -8,9 +8,9 @@ from typing import Any
 
 from model.sampling_params import SamplingParams
 from serve.engine.config import EngineConfig
+from serve.engine.errors import QueueFullError
 from serve.engine.factory import create_engine
 from serve.engine.request import RequestOutput
-from serve.engine.scheduler import QueueFullError
 
 Prompt = str | Sequence[int]
 Message = Mapping[str, str]

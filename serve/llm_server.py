@@ -14,21 +14,13 @@ from ray import serve
 
 from serve.engine.async_engine import AsyncLLMEngine
 from serve.engine.config import EngineConfig
-from serve.engine.engine import EngineDeadError, PromptTooLongError
 from serve.engine.factory import create_engine
 from serve.engine.kv_events import BlockStored
 from serve.engine.request import RequestOutput
-from serve.engine.scheduler import QueueFullError
-from serve.index_access import make_publisher
+from serve.errors import ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
-from serve.protocol import (
-    INTERNAL,
-    INVALID_ARGUMENT,
-    RESOURCE_EXHAUSTED,
-    UNAVAILABLE,
-    ServeChunk,
-    ServeRequest,
-)
+from serve.prefix_index.access import make_publisher
+from serve.protocol import ServeChunk, ServeRequest
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +45,7 @@ def _chunk(output: RequestOutput, replica_id: str) -> ServeChunk:
         chunk.completion_tokens = len(completion.token_ids)
         chunk.cached_tokens = output.num_cached_tokens
         if completion.finish_reason == "error":
-            chunk.error_code, chunk.error = UNAVAILABLE, output.error or "the replica failed"
+            chunk.error_code, chunk.error = Status.UNAVAILABLE, output.error or "the replica failed"
     return chunk
 
 
@@ -95,13 +87,12 @@ class _Timing:
 
 @serve.deployment(name="LLMServer")
 class LLMServer:
-    def __init__(self, engine_config: dict[str, Any], redis_url: str | None = None,
+    def __init__(self, config: EngineConfig, redis_url: str | None = None,
                  index_resync_s: float = 30.0) -> None:
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (tests, benchmarks)
             self.replica_id = f"local-{uuid.uuid4().hex[:8]}"
-        config = EngineConfig(**engine_config)
         self.publisher = make_publisher(redis_url, self.replica_id)
         engine = create_engine(config, event_sink=self.publisher)
         self.engine = AsyncLLMEngine(engine)
@@ -158,30 +149,24 @@ class LLMServer:
             async for output in stream:
                 timing.saw(output)
                 yield _chunk(output, self.replica_id)
-        except (PromptTooLongError, ValueError) as exc:
+        except ServiceError as exc:
             timing.failed = True
-            yield ServeChunk(request.request_id, finish_reason="error",
-                             error_code=INVALID_ARGUMENT, error=str(exc),
-                             replica_id=self.replica_id)
-        except QueueFullError as exc:
+            yield self._error(request, exc.status, exc.message)
+        except ValueError as exc:  # the model layer's own validation (sampling parameters)
             timing.failed = True
-            yield ServeChunk(request.request_id, finish_reason="error",
-                             error_code=RESOURCE_EXHAUSTED, error=str(exc),
-                             replica_id=self.replica_id)
-        except EngineDeadError as exc:
-            timing.failed = True
-            yield ServeChunk(request.request_id, finish_reason="error", error_code=UNAVAILABLE,
-                             error=f"{exc}; retry", replica_id=self.replica_id)
+            yield self._error(request, Status.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
             timing.failed = True
             logger.exception("request %s failed", request.request_id)
-            yield ServeChunk(request.request_id, finish_reason="error", error_code=INTERNAL,
-                             error=f"internal error: {type(exc).__name__}",
-                             replica_id=self.replica_id)
+            yield self._error(request, Status.INTERNAL, f"internal error: {type(exc).__name__}")
         finally:
             # Also reached when the caller leaves early (GeneratorExit): an abort.
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())
+
+    def _error(self, request: ServeRequest, status: Status, message: str) -> ServeChunk:
+        return ServeChunk(request.request_id, finish_reason="error", error_code=status,
+                          error=message, replica_id=self.replica_id)
 
     async def stats(self) -> dict[str, Any]:
         stats = await self._engine_stats()

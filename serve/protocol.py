@@ -9,13 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.sampling_params import SamplingParams
-
-# Error kinds carried in-band: raising through Serve would turn every error into INTERNAL
-# with a stack trace, so the replica reports them and the ingress maps them to gRPC codes.
-INVALID_ARGUMENT = "INVALID_ARGUMENT"
-RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-UNAVAILABLE = "UNAVAILABLE"
-INTERNAL = "INTERNAL"
+from serve.engine.errors import Status
 
 
 @dataclass
@@ -43,5 +37,7 @@ class ServeChunk:
     completion_tokens: int = 0
     cached_tokens: int = 0
     replica_id: str = ""
-    error_code: str | None = None
+    # Errors travel in-band: raising through Serve would reach the client as INTERNAL with a
+    # stack trace, so the replica reports the status and the Ingress maps it (serve/errors.py).
+    error_code: Status | None = None
     error: str | None = None

@@ -2,15 +2,14 @@
 
 Ranking for each request: (1) the replica its session was served by, (2) the replica
 holding the longest cached prefix of its prompt, (3) the less loaded of two random
-replicas. An affinity choice is the only candidate offered: offering fallbacks lets Serve
-move the request whenever one queue-length probe is slow, which scatters conversations. A replica at its load cap is skipped by (1) and (2), so one hot conversation
-or one popular system prompt cannot pile every request onto a single replica.
+replicas; a replica at its load cap is skipped by (1) and (2). The decision itself is the
+pure ``serve.routing_policy`` (tested without Serve); this module gathers its inputs from
+the prefix index and Serve's queue lengths, and records the outcome.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from typing import Any
 
@@ -22,9 +21,16 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
-from serve.index_access import RouterIndex
 from serve.metrics import router_metrics
+from serve.prefix_index.access import RouterIndex
 from serve.protocol import ServeRequest
+from serve.routing_policy import (
+    ReplicaLoad,
+    RoutingDecision,
+    RoutingPolicy,
+    choose_by_prefix_or_load,
+    choose_session_owner,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +46,7 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         """``load_cap``: fraction of ``max_ongoing_requests`` above which affinity yields to
         load; ``min_prefix_blocks``: shortest cached prefix worth routing for."""
         self.index = RouterIndex(redis_url, session_ttl_s)
-        self.load_cap = load_cap
-        self.min_prefix_blocks = min_prefix_blocks
+        self.policy = RoutingPolicy(load_cap=load_cap, min_prefix_blocks=min_prefix_blocks)
         self.decisions: Counter[str] = Counter()
         self.metrics = router_metrics()
 
@@ -57,8 +62,9 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         stats = replica.routing_stats or {}
         return float(stats.get("num_running", 0) + stats.get("num_waiting", 0))
 
-    def _under_cap(self, replica: RunningReplica) -> bool:
-        return self._load(replica) < self.load_cap * replica.max_ongoing_requests
+    def _loads(self, replicas: list[RunningReplica]) -> list[ReplicaLoad]:
+        return [ReplicaLoad(replica_key(r), self._load(r), r.max_ongoing_requests)
+                for r in replicas]
 
     # Serve drops a replica from a rank when its queue-length probe misses this deadline
     # and falls through to the next rank; on a busy node the default 0.1 s is missed often
@@ -72,25 +78,25 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
             return []
         request = _serve_request(pending_request)
         index_failures = self.index.num_failures
+        decision: RoutingDecision | None = None
+        matches: dict[str, int] = {}
         if request is not None:
-            by_key = {replica_key(r): r for r in candidate_replicas}
             if request.session_id:
-                owner = by_key.get(await self.index.get_session(request.session_id) or "")
-                if owner is not None and self._under_cap(owner):
-                    self._decided("session")
-                    return [[owner]]
-            matches = await self.index.match_prefix(request.block_hashes)
-            scored = [(blocks, -self._load(by_key[key]), key)
-                      for key, blocks in matches.items()
-                      if key in by_key and blocks >= self.min_prefix_blocks
-                      and self._under_cap(by_key[key])]
-            if scored:
-                self._decided("prefix")
-                return [[by_key[max(scored)[2]]]]
-        # "fallback": the index failed during this request, so affinity was not weighed.
-        self._decided("fallback" if self.index.num_failures > index_failures else "load")
-        # Both of a random pair: Serve probes them and takes the shorter queue.
-        return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
+                owner_id = await self.index.get_session(request.session_id)
+                # Loads are read after each lookup: the queue-length cache moves meanwhile.
+                decision = choose_session_owner(owner_id, self._loads(candidate_replicas),
+                                                self.policy)
+            # Asked only when the session did not decide: each lookup is a round trip.
+            if decision is None:
+                matches = await self.index.match_prefix(request.block_hashes)
+        if decision is None:
+            # "fallback": the index failed during this request, so affinity was not weighed.
+            decision = choose_by_prefix_or_load(
+                matches, self._loads(candidate_replicas), self.policy,
+                index_failed=self.index.num_failures > index_failures)
+        self._decided(decision.reason)
+        by_key = {replica_key(r): r for r in candidate_replicas}
+        return [[by_key[replica_id] for replica_id in decision.replica_ids]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: Any) -> None:

@@ -15,8 +15,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from model.random_checkpoint import write_tiny_checkpoint  # noqa: E402
 from model.smollm2 import ensure_smollm2  # noqa: E402
-from tests.model.checkpoints import write_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.sampling_params import SamplingParams
-from serve.engine.engine import EngineDeadError, LLMEngine
+from serve.engine.engine import LLMEngine
+from serve.engine.errors import EngineDeadError
 from serve.engine.request import RequestOutput
 
 logger = logging.getLogger(__name__)

@@ -1,17 +1,64 @@
-"""Engine configuration: one dataclass, validated once."""
+"""Engine configuration: one pydantic model, validated once, that rejects unknown keys.
+
+It is the ``engine`` section of :class:`serve.config.ServeConfig`, so a misspelt key in a
+``serve deploy`` YAML, a Helm value or an ``LLM(...)`` keyword fails at build time, naming
+the key, instead of inside a replica that Serve would restart forever.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
+
+from model.runner_config import RunnerConfig
 
 # Past this many sequences a decode step is long enough that launch overhead no longer
 # matters, while every captured size costs graph memory and start-up time.
 DEFAULT_CUDA_GRAPH_MAX_BATCH_SIZE = 256
 
 
-@dataclass
-class EngineConfig:
-    """Everything an engine (and its model runners) needs to start.
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys, naming the key, the closest valid one and
+    every valid one (pydantic's own error names only the key)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # How errors name this section.
+    section: ClassVar[str] = "config"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            valid = sorted(cls.model_fields)
+            unknown = [key for key in values if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(unknown_keys_message(cls.section, unknown, valid))
+        return values
+
+
+def unknown_keys_message(section: str, unknown: list[Any], valid: list[str]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"{key!r}{hint}")
+    return (f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(parts)} in "
+            f"{section}; valid keys: {', '.join(valid)}")
+
+
+class EngineOptions(StrictModel):
+    """Every engine setting except the checkpoint and the tensor-parallel size, which the
+    service sets from its own fields: the ``engine`` section of a service config.
 
     ``kv_cache_memory`` is the KV budget per rank: an int is bytes, a float in (0, 1] is a
     fraction of the device memory still free after the weights load. ``num_kv_blocks``
@@ -22,54 +69,40 @@ class EngineConfig:
     log line, off CUDA or with an attention backend that cannot run static shapes (torch).
     """
 
-    model: str
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    block_size: int = 16
-    kv_cache_memory: int | float | None = None
-    num_kv_blocks: int | None = None
-    max_model_len: int | None = None
-    max_num_seqs: int = 128
-    max_num_batched_tokens: int = 2048
-    max_waiting_requests: int = 1024
-    enable_prefix_caching: bool = True
-    tensor_parallel_size: int = 1
-    attention_backend: str = "auto"
-    load_format: str = "auto"
-    seed: int = 0
-    cuda_graphs: bool = True
-    cuda_graph_max_batch_size: int | None = None
+    section: ClassVar[str] = "engine"
 
-    def __post_init__(self) -> None:
-        positive = ("block_size", "max_num_seqs", "max_num_batched_tokens",
-                    "max_waiting_requests", "tensor_parallel_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+    tokenizer: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # "auto", "cpu", "cuda" or "cuda:N".
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    block_size: int = Field(16, ge=1)
+    # An int is bytes, a float a fraction (checked below); left to right so 1 stays an int.
+    kv_cache_memory: StrictInt | StrictFloat | None = Field(None, union_mode="left_to_right")
+    num_kv_blocks: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=2)
+    max_num_seqs: int = Field(128, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    max_waiting_requests: int = Field(1024, ge=1)
+    enable_prefix_caching: StrictBool = True
+    attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = "auto"
+    load_format: Literal["auto", "safetensors", "dummy"] = "auto"
+    seed: int = 0
+    cuda_graphs: StrictBool = True
+    cuda_graph_max_batch_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineOptions:
         memory = self.kv_cache_memory
         if isinstance(memory, float) and not 0.0 < memory <= 1.0:
             raise ValueError(f"kv_cache_memory as a fraction must be in (0, 1], got {memory}")
         if isinstance(memory, int) and memory < 1:
             raise ValueError(f"kv_cache_memory in bytes must be positive, got {memory}")
-        if not isinstance(self.cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         graph_max = self.cuda_graph_max_batch_size
-        if graph_max is not None:
-            if not isinstance(graph_max, int) or isinstance(graph_max, bool) or graph_max < 1:
-                raise ValueError("cuda_graph_max_batch_size must be a positive integer, "
-                                 f"got {graph_max!r}")
-            if graph_max > self.max_num_seqs:
-                raise ValueError(f"cuda_graph_max_batch_size ({graph_max}) exceeds max_num_seqs "
-                                 f"({self.max_num_seqs}): no decode step has more sequences, "
-                                 "so lower it or leave it unset")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if graph_max is not None and graph_max > self.max_num_seqs:
+            raise ValueError(f"cuda_graph_max_batch_size ({graph_max}) exceeds max_num_seqs "
+                             f"({self.max_num_seqs}): no decode step has more sequences, "
+                             "so lower it or leave it unset")
+        return self
 
     @property
     def cuda_graph_batch_limit(self) -> int:
@@ -77,3 +110,20 @@ class EngineConfig:
         if self.cuda_graph_max_batch_size is not None:
             return self.cuda_graph_max_batch_size
         return min(self.max_num_seqs, DEFAULT_CUDA_GRAPH_MAX_BATCH_SIZE)
+
+
+
+class EngineConfig(EngineOptions):
+    """Everything an engine (and its model runners) needs to start."""
+
+    model: str
+    tensor_parallel_size: int = Field(1, ge=1)
+
+    def runner_config(self) -> RunnerConfig:
+        """The part each model runner (one per tensor-parallel rank) is built from."""
+        return RunnerConfig(
+            model=self.model, dtype=self.dtype, device=self.device, block_size=self.block_size,
+            kv_cache_memory=self.kv_cache_memory, num_kv_blocks=self.num_kv_blocks,
+            max_model_len=self.max_model_len, attention_backend=self.attention_backend,
+            load_format=self.load_format, seed=self.seed, cuda_graphs=self.cuda_graphs,
+            cuda_graph_max_batch_size=self.cuda_graph_batch_limit)

@@ -17,6 +17,7 @@ from model.step import NewRequest, ScheduledSequence, StepInput
 from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
+from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
 from serve.engine.executor import Executor
 from serve.engine.kv_events import KVEventSink
 from serve.engine.output import OutputProcessor, finished_status
@@ -24,14 +25,6 @@ from serve.engine.request import Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
 
 logger = logging.getLogger(__name__)
-
-
-class PromptTooLongError(ValueError):
-    """The prompt does not fit the context (or the KV cache)."""
-
-
-class EngineDeadError(RuntimeError):
-    """The model workers failed; the request may be retried on another replica."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +36,9 @@ class EngineStats:
     kv_cache_usage: float
     num_cached_blocks: int
     num_kv_tokens: int
+    # Requests aborted since the engine started (caller left, cancelled): a cancellation
+    # that never reached the engine shows as a request that ran to its end instead.
+    num_aborted: int = 0
 
 
 class LLMEngine:
@@ -52,6 +48,7 @@ class LLMEngine:
         self.executor = executor
         self.tokenizer = tokenizer
         self.model_config = model_config
+        self.num_aborted = 0
         self.max_model_len = executor.max_model_len
         self.block_manager = BlockManager(executor.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
@@ -81,7 +78,7 @@ class LLMEngine:
         if self.dead_reason is not None:
             raise EngineDeadError(self.dead_reason)
         if request_id in self.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
         if isinstance(prompt, str):
             text, token_ids = prompt, self.tokenizer.encode(prompt)
         else:
@@ -97,11 +94,11 @@ class LLMEngine:
 
     def _validate_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:
-            raise ValueError("the prompt is empty; send at least one token")
+            raise InvalidRequestError("the prompt is empty; send at least one token")
         vocab = self.model_config.vocab_size
         bad = next((t for t in token_ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {vocab})")
         # One position must stay free for the first generated token.
         if len(token_ids) >= self.max_model_len:
             raise PromptTooLongError(
@@ -119,6 +116,7 @@ class LLMEngine:
         for request_id in ids:
             request = self.requests.get(request_id)
             if request is not None:
+                self.num_aborted += 1
                 self._finish(request, RequestStatus.FINISHED_ABORTED)
                 self._pending_outputs.append(self.outputs.make_output(request, []))
 
@@ -226,4 +224,5 @@ class LLMEngine:
             kv_cache_usage=manager.usage,
             num_cached_blocks=manager.num_cached_blocks,
             num_kv_tokens=self.kv_capacity_tokens,
+            num_aborted=self.num_aborted,
         )

@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from model.config import PRESETS, ModelConfig
-from model.tokenizer import MistralV1Tokenizer, Tokenizer, load_tokenizer
+from model.config import ModelConfig
+from model.tokenizer import load_model_tokenizer
 from serve.engine.config import EngineConfig
 from serve.engine.engine import LLMEngine
 from serve.engine.executor import Executor, LocalExecutor
 from serve.engine.kv_events import KVEventSink
 
 
-def load_engine_tokenizer(config: EngineConfig) -> Tokenizer:
-    source = config.tokenizer or config.model
-    if source in PRESETS:
-        # Presets carry no files; the Mistral v1 tokenizer is the one they were trained with.
-        return MistralV1Tokenizer.from_file(None)
-    return load_tokenizer(Path(source))
-
-
 def create_executor(config: EngineConfig) -> Executor:
     if config.tensor_parallel_size == 1:
-        return LocalExecutor(config)
+        return LocalExecutor(config.runner_config())
+    # Ray loads only where a worker group is asked for.
     from cluster.executor import RayExecutor
 
-    return RayExecutor(config)
+    return RayExecutor(config.runner_config(), config.tensor_parallel_size)
 
 
 def create_engine(config: EngineConfig, event_sink: KVEventSink | None = None) -> LLMEngine:
-    tokenizer = load_engine_tokenizer(config)
+    tokenizer = load_model_tokenizer(config.tokenizer or config.model)
     model_config = ModelConfig.from_pretrained(config.model)
     executor = create_executor(config)
     return LLMEngine(config, executor, tokenizer, model_config, event_sink)

@@ -13,11 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from serve.engine.block_manager import BlockManager
+from serve.engine.errors import QueueFullError
 from serve.engine.request import Request, RequestStatus
-
-
-class QueueFullError(RuntimeError):
-    """The waiting queue is at its bound; the caller should retry later."""
 
 
 @dataclass

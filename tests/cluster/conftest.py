@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config, write_tiny_checkpoint
+from model.random_checkpoint import save_hf_checkpoint, tiny_mistral_config, write_tiny_checkpoint
 
 # 44M parameters, 171 MiB in fp32, most of it in the vocabulary-parallel embedding and LM
 # head: large enough that a rank holding half of it shows in its resident memory.

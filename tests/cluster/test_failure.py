@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.executor import RayExecutor
+from cluster.executor import RayExecutor, WorkerGroupError
 from cluster.options import ClusterOptions
+from model.runner_config import RunnerConfig
 from model.step import NewRequest, ScheduledSequence, StepInput
 from serve import LLM, SamplingParams
-from serve.engine.config import EngineConfig
-from serve.engine.engine import EngineDeadError
-from serve.engine.executor import ExecutorError
+from serve.engine.errors import EngineDeadError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -60,7 +59,7 @@ def test_killing_a_rank_mid_generation_fails_the_request_fast(tp_checkpoint: Pat
         assert engine.dead_reason is not None
         with pytest.raises(EngineDeadError):
             engine.add_request("late", "hello")
-        with pytest.raises(ExecutorError, match="retry"):
+        with pytest.raises(WorkerGroupError, match="retry"):
             engine.executor.check_health()
     finally:
         llm.shutdown()
@@ -74,9 +73,9 @@ def test_killing_a_rank_mid_generation_fails_the_request_fast(tp_checkpoint: Pat
 
 
 def test_a_hung_rank_fails_the_step_after_the_step_timeout(tp_checkpoint: Path) -> None:
-    config = EngineConfig(model=str(tp_checkpoint), tensor_parallel_size=2, num_kv_blocks=8,
-                          dtype="float32", device="cpu")
-    executor = RayExecutor(config, ClusterOptions(step_timeout_s=2.0))
+    config = RunnerConfig(model=str(tp_checkpoint), num_kv_blocks=8, dtype="float32",
+                          device="cpu")
+    executor = RayExecutor(config, 2, ClusterOptions(step_timeout_s=2.0))
     worker = executor.group.workers[1]
     pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
     params = SamplingParams(temperature=0.0)
@@ -85,10 +84,10 @@ def test_a_hung_rank_fails_the_step_after_the_step_timeout(tp_checkpoint: Path) 
     try:
         os.kill(pid, signal.SIGSTOP)  # alive, socket open, never answers
         started = time.monotonic()
-        with pytest.raises(ExecutorError, match="did not answer within 2s"):
+        with pytest.raises(WorkerGroupError, match="did not answer within 2s"):
             executor.execute(step)
         assert time.monotonic() - started < 5
-        with pytest.raises(ExecutorError, match="retry"):  # stays dead, without waiting
+        with pytest.raises(WorkerGroupError, match="retry"):  # stays dead, without waiting
             executor.execute(step)
     finally:
         executor.shutdown()
@@ -96,14 +95,14 @@ def test_a_hung_rank_fails_the_step_after_the_step_timeout(tp_checkpoint: Path) 
 
 
 def test_a_rank_that_fails_its_step_fails_it_with_the_ranks_error(tp_checkpoint: Path) -> None:
-    config = EngineConfig(model=str(tp_checkpoint), tensor_parallel_size=2, num_kv_blocks=8,
-                          dtype="float32", device="cpu")
-    executor = RayExecutor(config)
+    config = RunnerConfig(model=str(tp_checkpoint), num_kv_blocks=8, dtype="float32",
+                          device="cpu")
+    executor = RayExecutor(config, 2)
     try:
         # 40 tokens do not fit a one-block table: every rank rejects the step.
         bad = StepInput([ScheduledSequence("r", list(range(3, 43)), 0, [0], True)],
                         [NewRequest("r", [1], SamplingParams())])
-        with pytest.raises(ExecutorError, match="rank [01]: ValueError: request r: block table"):
+        with pytest.raises(WorkerGroupError, match="rank [01]: ValueError: request r: block table"):
             executor.execute(bad)
     finally:
         executor.shutdown()

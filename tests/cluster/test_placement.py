@@ -20,9 +20,9 @@ from cluster.placement import (
     local_num_cpus,
 )
 from model.config import PRESETS
+from model.runner_config import RunnerConfig
 from model.step import NewRequest, ScheduledSequence, StepInput
 from serve import SamplingParams
-from serve.engine.config import EngineConfig
 
 MISTRAL = PRESETS["mistral-7b-v0.2"]  # 32 query heads, 8 KV heads, FFN 14336
 
@@ -87,10 +87,9 @@ def num_placement_groups() -> int:
 def test_bad_configurations_fail_before_reserving_anything(tp: int, device: str,
                                                            message: str) -> None:
     before = num_placement_groups()
-    config = EngineConfig(model="mistral-7b-v0.2", tensor_parallel_size=tp, device=device,
-                          load_format="dummy")
+    config = RunnerConfig(model="mistral-7b-v0.2", device=device, load_format="dummy")
     with pytest.raises(ClusterConfigError) as error:
-        RayExecutor(config)
+        RayExecutor(config, tp)
     assert message in str(error.value)
     assert num_placement_groups() == before
 
@@ -100,10 +99,10 @@ def test_resources_held_elsewhere_time_out_with_what_to_do(tp_checkpoint: Path) 
     hog = placement_group([{"CPU": 3}])
     ray.get(hog.ready(), timeout=30)
     try:
-        config = EngineConfig(model=str(tp_checkpoint), tensor_parallel_size=2, device="cpu")
+        config = RunnerConfig(model=str(tp_checkpoint), device="cpu")
         with pytest.raises(ClusterConfigError, match=r"could not reserve 2 x \{'CPU': 1.0\} on "
                                                      r"one node within 2s .*another engine"):
-            RayExecutor(config, ClusterOptions(start_timeout_s=2))
+            RayExecutor(config, 2, ClusterOptions(start_timeout_s=2))
     finally:
         remove_placement_group(hog)
 
@@ -114,9 +113,9 @@ class FakeReplica:
     placement group with ``placement_group_capture_child_tasks=True``."""
 
     def run(self, checkpoint: str, tp: int) -> dict[str, Any]:
-        config = EngineConfig(model=checkpoint, tensor_parallel_size=tp, num_kv_blocks=8,
-                              dtype="float32", device="auto")
-        executor = RayExecutor(config)
+        config = RunnerConfig(model=checkpoint, num_kv_blocks=8, dtype="float32",
+                              device="auto")
+        executor = RayExecutor(config, tp)
         try:
             step = StepInput([ScheduledSequence("r", [1, 2, 3], 0, [0], True)],
                              [NewRequest("r", [1, 2, 3], SamplingParams(temperature=0.0))])

@@ -14,9 +14,9 @@ from model.config import ModelConfig
 from model.factory import build_model
 from model.kv_cache import KVCacheSpec, allocate_kv_cache
 from model.runner import ModelRunner
+from model.runner_config import RunnerConfig
 from model.step import ScheduledSequence, StepInput
 from serve import LLM, SamplingParams
-from serve.engine.config import EngineConfig
 from tests.cluster.shards import expected_shard
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -25,8 +25,8 @@ BLOCK_SIZE = 16
 NUM_KV_BLOCKS = 64
 
 
-def cpu_config(path: Path, tp: int, num_kv_blocks: int = NUM_KV_BLOCKS) -> EngineConfig:
-    return EngineConfig(model=str(path), tensor_parallel_size=tp, num_kv_blocks=num_kv_blocks,
+def cpu_config(path: Path, num_kv_blocks: int = NUM_KV_BLOCKS) -> RunnerConfig:
+    return RunnerConfig(model=str(path), num_kv_blocks=num_kv_blocks,
                         dtype="float32", device="cpu", block_size=BLOCK_SIZE)
 
 
@@ -65,7 +65,7 @@ def test_logits_and_shards_match_tp1(tp_checkpoint: Path, tp: int) -> None:
     """tp=2 splits the 2 KV heads; tp=4 replicates each on two ranks."""
     steps = parity_steps(ModelConfig.from_pretrained(tp_checkpoint).vocab_size)
     expected = local_logits(tp_checkpoint, steps)
-    executor = RayExecutor(cpu_config(tp_checkpoint, tp))
+    executor = RayExecutor(cpu_config(tp_checkpoint), tp)
     try:
         assert executor.num_kv_blocks == NUM_KV_BLOCKS
         actual = [executor.group.compute_logits(step) for step in steps]
@@ -107,7 +107,7 @@ def test_a_rank_holds_and_keeps_resident_only_its_shard(big_checkpoint: Path) ->
     """
     reports: dict[int, list[ShardReport]] = {}
     for tp in (1, 2):
-        executor = RayExecutor(cpu_config(big_checkpoint, tp, num_kv_blocks=4))
+        executor = RayExecutor(cpu_config(big_checkpoint, num_kv_blocks=4), tp)
         try:
             reports[tp] = executor.group.reports()
         finally:

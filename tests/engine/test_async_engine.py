@@ -10,7 +10,7 @@ import pytest
 from model.sampling_params import SamplingParams
 from serve import LLM
 from serve.engine.async_engine import AsyncLLMEngine
-from serve.engine.scheduler import QueueFullError
+from serve.engine.errors import QueueFullError
 from tests.engine.helpers import assert_all_blocks_free
 
 

@@ -9,7 +9,7 @@ import torch
 
 from model.sampling_params import SamplingParams
 from serve import LLM
-from serve.engine.engine import PromptTooLongError
+from serve.engine.errors import PromptTooLongError
 from serve.engine.request import RequestStatus
 from tests.engine.helpers import assert_all_blocks_free
 

@@ -16,8 +16,8 @@ from serve.config import AutoscalingBounds, Limits, ServeConfig
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "mistral-serve"
 CI_VALUES = CHART_DIR / "ci" / "tp2-3replicas-external-redis-values.yaml"
-# KubeRay v1.7.0's CRD lives next to the repository, in ../shared/kuberay.
-CRD_PATH = REPO.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"
+# KubeRay v1.7.0's RayService CRD, kept in the repository (helm/kuberay/, with its licence).
+CRD_PATH = REPO / "helm" / "kuberay" / "ray.io_rayservices.yaml"
 RELEASE, NAMESPACE = "llm", "inference"
 
 Manifest = dict[str, Any]

@@ -117,8 +117,7 @@ def test_grpc_reaches_every_healthy_proxy(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values", case_params())
 def test_rayservice_validates_against_kuberay_crd(values: dict[str, Any]) -> None:
-    if not CRD_PATH.exists():
-        pytest.skip(f"KubeRay RayService CRD not found at {CRD_PATH} (../shared/kuberay)")
+    assert CRD_PATH.exists(), f"the KubeRay RayService CRD belongs at {CRD_PATH}"
     rayservice = the(render(values), "RayService")
     assert rayservice["apiVersion"] == "ray.io/v1"
     jsonschema.Draft7Validator(rayservice_schema()).validate(rayservice)

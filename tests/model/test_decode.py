@@ -9,9 +9,9 @@ import torch
 
 from model.factory import build_model
 from model.kv_cache import KVCacheSpec, allocate_kv_cache
+from model.random_checkpoint import save_hf_checkpoint, tiny_mistral_config
 from model.runner import build_step_tensors
 from model.step import ScheduledSequence, StepInput
-from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config
 from tests.model.test_parity import prefill_logits
 
 BLOCK_SIZE = 16

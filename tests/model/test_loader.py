@@ -13,7 +13,7 @@ from model.config import ModelConfig
 from model.factory import build_model
 from model.layers.weight_source import WeightShapeError
 from model.loader import CheckpointError
-from tests.model.checkpoints import save_hf_checkpoint, tiny_mistral_config
+from model.random_checkpoint import save_hf_checkpoint, tiny_mistral_config
 from tests.model.test_parity import prefill_logits
 
 

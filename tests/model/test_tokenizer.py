@@ -16,9 +16,9 @@ import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+from model.detokenizer import IncrementalDetokenizer
 from model.tokenizer import (
     HFTokenizer,
-    IncrementalDetokenizer,
     MistralV1Tokenizer,
     Tokenizer,
     bundled_mistral_v1_path,

@@ -3,7 +3,7 @@
 Without a GPU the kernels run under Triton's interpreter on CPU tensors. ``@triton.jit``
 (Triton's own library functions included) picks interpreter or compiler when the module that
 uses it is imported, so tests/conftest.py sets TRITON_INTERPRET=1 before anything imports
-triton. The interpreter cannot do bf16: those cases run on CUDA.
+triton. The interpreter cannot do bf16: those cases are tests/gpu/test_triton_attention_bf16.py.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ if not ON_GPU and not isinstance(triton_decode._decode_kernel, InterpretedFuncti
                 "run this file alone", pytrace=False)
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-needs_gpu = pytest.mark.skipif(not ON_GPU, reason="bf16 needs CUDA (not the interpreter)")
-BF16 = pytest.param(torch.bfloat16, marks=needs_gpu)
 
 SCALE = 0.17
 # Relative to the largest reference value. fp16 inputs are compared with an fp32 reference
@@ -151,16 +149,18 @@ class Forbidden(list):  # type: ignore[type-arg]
 
 
 BOUNDARY_LENS = [1, 15, 16, 17, 31, 32, 33, 64, 65, 100]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"), [
+# (heads, kv_heads, head_dim, block_size); tests/gpu runs the same shapes in bf16.
+DECODE_SHAPES = [
     (8, 2, 128, 16),  # Mistral's 4:1 grouping and head size
     (4, 4, 64, 16),  # 1:1, no grouping
     (8, 2, 32, 32),
     (6, 2, 32, 16),  # a group of 3 pads the dot's rows
     (4, 1, 80, 16),  # a head size that is not a power of two
-])
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size"), DECODE_SHAPES)
 def test_decode_at_block_boundaries(dtype: torch.dtype, heads: int, kv_heads: int,
                                     head_dim: int, block_size: int) -> None:
     check(make_case([(n - 1, 1) for n in BOUNDARY_LENS], heads, kv_heads, head_dim,
@@ -178,7 +178,7 @@ def test_decode_split_k_over_short_contexts(window: int | None,
     assert splits[0] >= 2 if window == 5 else splits[0] >= 8
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("window", [None, 24])
 def test_mixed_batch(dtype: torch.dtype, window: int | None) -> None:
     """Decode rows, chunks on top of cached blocks and fresh prompts in one step."""

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from serve import client as sdk
-from serve.client_requests import call_metadata, chat_request, generate_request, tokenize_request
+from serve.client.requests import call_metadata, chat_request, generate_request, tokenize_request
 from serve.grpc_api import llm_pb2, llm_pb2_grpc
 
 CODE = grpc.StatusCode

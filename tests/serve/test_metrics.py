@@ -144,11 +144,12 @@ def test_each_request_is_recorded_once_with_its_outcome(
     import asyncio
 
     from model.sampling_params import SamplingParams
+    from serve.engine.config import EngineConfig
     from serve.llm_server import LLMServer
     from serve.protocol import ServeRequest
 
-    server = LLMServer.func_or_class({"model": str(tiny_checkpoint), "dtype": "float32",
-                                      "device": "cpu", "num_kv_blocks": 64})
+    server = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
+                                                  device="cpu", num_kv_blocks=64))
     records: list[RequestRecord] = []
     monkeypatch.setattr(server.metrics, "record_request", records.append)
     prompt = [5, 7, 11, 13] * 5

@@ -13,15 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import requests
 
 from model.sampling_params import SamplingParams
 from serve import LLM
 from serve.client import LLMClient
-from serve.errors import ServiceError
-from serve.openai_protocol import ApiError
+from serve.errors import (
+    EngineDeadError,
+    InternalError,
+    InvalidRequestError,
+    QueueFullError,
+    ServiceError,
+    UnauthenticatedError,
+)
+from serve.openai.protocol import ApiError
 from tests.serve.conftest import free_port
 
 API_KEY = "openai-test-key"
@@ -276,13 +282,12 @@ def test_client_disconnect_aborts_the_request(service: Service) -> None:
     assert after["num_cached_blocks"] - before["num_cached_blocks"] < MAX_MODEL_LEN // 16 - 1
 
 
-@pytest.mark.parametrize(("code", "status"), [
-    (grpc.StatusCode.INVALID_ARGUMENT, 400), (grpc.StatusCode.UNAUTHENTICATED, 401),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, 429), (grpc.StatusCode.UNAVAILABLE, 503),
-    (grpc.StatusCode.INTERNAL, 500),
+@pytest.mark.parametrize(("error_class", "status"), [
+    (InvalidRequestError, 400), (UnauthenticatedError, 401), (QueueFullError, 429),
+    (EngineDeadError, 503), (InternalError, 500),
 ])
-def test_status_of_each_pipeline_error(code: grpc.StatusCode, status: int) -> None:
-    error = ApiError.from_service_error(ServiceError(code, "what to change"))
+def test_status_of_each_pipeline_error(error_class: type[ServiceError], status: int) -> None:
+    error = ApiError.from_service_error(error_class("what to change; retry"))
     assert error.status == status
-    assert error.body()["error"]["message"] == "what to change"
+    assert error.body()["error"]["message"] == "what to change; retry"
     assert ("Retry-After" in error.headers()) == (status in (429, 503))

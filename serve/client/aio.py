@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from serve.client_conversation import AsyncConversation
-from serve.client_requests import (
+from serve.client.conversation import AsyncConversation
+from serve.client.requests import (
     ClientBase,
     GenerateOptions,
     Messages,
@@ -22,7 +22,7 @@ from serve.client_requests import (
     remaining_s,
     tokenize_request,
 )
-from serve.client_types import (
+from serve.client.types import (
     Completion,
     ModelInfo,
     StreamChunk,

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 
 import grpc
 
-from serve.client_types import rpc_code
+from serve.client.types import rpc_code
 from serve.grpc_api import llm_pb2
 
 # The API key travels as ``authorization: Bearer <key>``, the standard gRPC/HTTP header, which
@@ -105,7 +105,7 @@ def _checked_set(message: Any, name: str, value: Any) -> None:
         raise ValueError(message_text) from None
 
 
-def sampling_params(options: Mapping[str, Any]) -> llm_pb2.SamplingParams | None:
+def sampling_message(options: Mapping[str, Any]) -> llm_pb2.SamplingParams | None:
     """The ``SamplingParams`` with exactly the given fields set; None when none was given."""
     for name in options:
         if name not in SAMPLING_FIELDS:
@@ -122,7 +122,7 @@ def sampling_params(options: Mapping[str, Any]) -> llm_pb2.SamplingParams | None
 def _fill(request: Any, options: Mapping[str, Any]) -> Any:
     """Sets the per-request strings and the sampling params of a Generate/Chat request."""
     sampling = {name: value for name, value in options.items() if name not in REQUEST_FIELDS}
-    params = sampling_params(sampling)
+    params = sampling_message(sampling)
     if params is not None:
         request.sampling.CopyFrom(params)
     for name in REQUEST_FIELDS:
@@ -151,7 +151,7 @@ def generate_request(
     return _fill(request, options)
 
 
-def chat_messages(messages: Messages) -> list[llm_pb2.ChatMessage]:
+def chat_message_list(messages: Messages) -> list[llm_pb2.ChatMessage]:
     if isinstance(messages, (str, Mapping)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
     converted = []
@@ -169,7 +169,7 @@ def chat_messages(messages: Messages) -> list[llm_pb2.ChatMessage]:
 
 def chat_request(messages: Messages, options: Mapping[str, Any]) -> llm_pb2.ChatRequest:
     request = llm_pb2.ChatRequest()
-    request.messages.extend(chat_messages(messages))
+    request.messages.extend(chat_message_list(messages))
     return _fill(request, options)
 
 
@@ -177,7 +177,7 @@ def tokenize_request(text_or_messages: str | Messages, add_bos: bool) -> llm_pb2
     """Plain text, or chat messages (tokenized after the chat template is applied)."""
     if isinstance(text_or_messages, str):
         return llm_pb2.TokenizeRequest(text=text_or_messages, add_bos=add_bos)
-    chat = llm_pb2.ChatRequest(messages=chat_messages(text_or_messages))
+    chat = llm_pb2.ChatRequest(messages=chat_message_list(text_or_messages))
     return llm_pb2.TokenizeRequest(chat=chat, add_bos=add_bos)
 
 

@@ -10,6 +10,9 @@ import importlib.util
 import pytest
 import torch
 
+pytestmark = pytest.mark.gpu
+
+# A module-level skip, not a skipif mark: the imports below need flash-attn itself.
 if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
     pytest.skip("the flash_attn backend needs a CUDA device and the flash-attn package",
                 allow_module_level=True)

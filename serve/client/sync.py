@@ -1,23 +1,4 @@
-"""Client SDK of the service: ``LLMClient`` (blocking) and ``AsyncLLMClient`` (asyncio).
-
-    from serve.client import InvalidArgument, LLMClient
-
-    with LLMClient("localhost:9000", api_key="secret") as client:
-        print(client.generate("The capital of France is", max_tokens=8).text)
-        for chunk in client.stream_chat([{"role": "user", "content": "Hi!"}], temperature=0):
-            print(chunk.text, end="", flush=True)
-        chat = client.conversation(system="Answer in one word.")
-        chat.send("Name a prime.")   # every turn carries the same session id, so it lands on
-        chat.send("Another one.")    # the replica that holds the conversation's KV cache
-
-Every call has a deadline (``timeout_s``; the client's default when not given). UNAVAILABLE is
-retried with exponential backoff, a stream only until its first chunk arrived, so output is
-never duplicated; every other failure raises the ``ClientError`` subclass of its status code.
-Leaving a stream early (``break``, ``close()``, ``aclose()``, cancelling the task) cancels the
-RPC, so the server aborts the request and frees its KV blocks at once.
-
-Imports only grpc, the generated stubs and the standard library.
-"""
+"""The blocking client, ``LLMClient``."""
 
 from __future__ import annotations
 
@@ -29,42 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from serve.client_async import AsyncLLMClient
-from serve.client_conversation import AsyncConversation, Conversation
-from serve.client_requests import (
-    API_KEY_METADATA_KEY,
-    APPLICATION_METADATA_KEY,
-    DEFAULT_TARGET,
+from serve.client.conversation import Conversation
+from serve.client.requests import (
     ClientBase,
     GenerateOptions,
     Messages,
-    SamplingOptions,
     chat_request,
     check_timeout,
     generate_request,
     remaining_s,
     tokenize_request,
 )
-from serve.client_types import (
-    Cancelled,
-    ClientError,
+from serve.client.types import (
     Completion,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InternalError,
-    InvalidArgument,
     ModelInfo,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
     StreamChunk,
-    TokenLogprob,
-    TopLogprob,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-    Usage,
     chunk_from_proto,
     error_from_rpc,
     model_info_from_proto,
@@ -73,16 +33,6 @@ from serve.grpc_api import llm_pb2, llm_pb2_grpc
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-__all__ = [
-    "API_KEY_METADATA_KEY", "APPLICATION_METADATA_KEY", "DEFAULT_TARGET", "AsyncConversation",
-    "AsyncLLMClient", "Cancelled", "ClientError", "Completion", "Conversation",
-    "DeadlineExceeded", "FailedPrecondition", "GenerateOptions", "InternalError",
-    "InvalidArgument", "LLMClient", "ModelInfo", "NotFound", "OutOfRange", "PermissionDenied",
-    "ResourceExhausted", "SamplingOptions", "StreamChunk", "TokenLogprob", "TopLogprob",
-    "Unauthenticated", "Unavailable", "Unimplemented", "Usage",
-]  # fmt: skip
-
 
 class LLMClient(ClientBase):
     """Blocking client; thread-safe (one channel, many concurrent calls). Close when done."""

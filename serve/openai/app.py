@@ -5,7 +5,7 @@
 API key (``Authorization: Bearer <key>``), size limit, chat template or tokenizer, prompt
 and sampling validation, block hashes, then ``LLMServer.generate`` through the prefix-aware
 router. Errors are OpenAI-shaped JSON with the HTTP status of the gRPC code (see
-``openai_protocol.HTTP_ERRORS``). A stream that the client drops is cancelled downstream, so
+``serve/errors.py``). A stream that the client drops is cancelled downstream, so
 the engine aborts the request and frees its KV blocks.
 
 Built once per Ingress replica by ``Ingress.__serve_build_asgi_app__``::
@@ -25,9 +25,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.errors import CODES, ServiceError
-from serve.openai_format import ChatFormat, CompletionFormat, Output, sse
-from serve.openai_protocol import (
+from serve.errors import ServiceError, Status
+from serve.openai.format import ChatFormat, CompletionFormat, Output, sse
+from serve.openai.protocol import (
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
@@ -47,7 +47,7 @@ def error_response(error: ApiError) -> JSONResponse:
 def _chunk_error(chunk: ServeChunk) -> ApiError:
     """An error the LLMServer reported in-band (error_code), as its HTTP status."""
     assert chunk.error_code is not None
-    return ApiError.from_service_error(ServiceError(CODES[chunk.error_code], chunk.error or ""))
+    return ApiError.from_status(chunk.error_code, chunk.error or "")
 
 
 def _call_error(exc: Exception) -> ApiError:
@@ -57,11 +57,10 @@ def _call_error(exc: Exception) -> ApiError:
 
     if isinstance(exc, (BackPressureError, RayError)):
         logger.warning("the LLMServer call failed: %r", exc)
-        return ApiError(503, f"the model server is unavailable ({type(exc).__name__}); retry",
-                        "server_error", "service_unavailable")
+        return ApiError.from_status(
+            Status.UNAVAILABLE, f"the model server is unavailable ({type(exc).__name__}); retry")
     logger.exception("the LLMServer call failed")
-    return ApiError(500, f"internal error: {type(exc).__name__}", "server_error",
-                    "internal_error")
+    return ApiError.from_status(Status.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
 class OpenAIServer:
@@ -69,7 +68,7 @@ class OpenAIServer:
 
     def __init__(self, ingress: Any) -> None:
         self.ingress = ingress
-        self.model_name: str = ingress.settings["model_name"]
+        self.model_name: str = ingress.settings.model_name
         self.created = int(time.time())
 
     # ---- routes ------------------------------------------------------------------------
@@ -154,8 +153,8 @@ class OpenAIServer:
         finally:
             if not done:  # the client went away (cancelled), or the stream ended early
                 stream.cancel()
-        return error_response(ApiError(500, "the model server ended the stream early",
-                                       "server_error", "internal_error"))
+        return error_response(ApiError.from_status(Status.INTERNAL,
+                                                    "the model server ended the stream early"))
 
     async def _stream(self, stream: Any, output_format: Any) -> Response:
         """Wait for the first chunk, so that errors found before any output (a prompt too
@@ -163,8 +162,8 @@ class OpenAIServer:
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
-            return error_response(ApiError(500, "the model server ended the stream early",
-                                           "server_error", "internal_error"))
+            return error_response(ApiError.from_status(
+                Status.INTERNAL, "the model server ended the stream early"))
         except Exception as exc:
             return error_response(_call_error(exc))
         except BaseException:  # cancelled: the client went away
@@ -213,9 +212,9 @@ class OpenAIServer:
 
     def _authenticate(self, request: Request) -> None:
         if not self.ingress.api_key_matches(request.headers):
-            raise ApiError(401, "missing or wrong API key: send the header "
-                           "'Authorization: Bearer <key>'", "authentication_error",
-                           "invalid_api_key")
+            raise ApiError.from_status(Status.UNAUTHENTICATED,
+                                       "missing or wrong API key: send the header "
+                                       "'Authorization: Bearer <key>'")
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.ingress.max_message_bytes

@@ -14,12 +14,29 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from serve.client_types import Completion, StreamChunk
+from serve.client.types import Completion, StreamChunk
 
-if TYPE_CHECKING:
-    from serve.client import AsyncLLMClient, LLMClient
+
+class ChatClient(Protocol):
+    """What a conversation needs of the blocking client (``LLMClient``)."""
+
+    def chat(self, messages: list[dict[str, str]], **options: Any) -> Completion: ...
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], **options: Any
+    ) -> Generator[StreamChunk, None, None]: ...
+
+
+class AsyncChatClient(Protocol):
+    """What a conversation needs of the asyncio client (``AsyncLLMClient``)."""
+
+    async def chat(self, messages: list[dict[str, str]], **options: Any) -> Completion: ...
+
+    def stream_chat(
+        self, messages: list[dict[str, str]], **options: Any
+    ) -> AsyncGenerator[StreamChunk, None]: ...
 
 
 def _history(system: str | None) -> list[dict[str, str]]:
@@ -58,7 +75,7 @@ class _ConversationState:
 
 class Conversation(_ConversationState):
     def __init__(
-        self, client: LLMClient, system: str | None, session_id: str, options: dict[str, Any]
+        self, client: ChatClient, system: str | None, session_id: str, options: dict[str, Any]
     ) -> None:
         super().__init__(system, session_id, dict(options))
         self.client = client
@@ -89,7 +106,7 @@ class Conversation(_ConversationState):
 
 class AsyncConversation(_ConversationState):
     def __init__(
-        self, client: AsyncLLMClient, system: str | None, session_id: str, options: dict[str, Any]
+        self, client: AsyncChatClient, system: str | None, session_id: str, options: dict[str, Any]
     ) -> None:
         super().__init__(system, session_id, dict(options))
         self.client = client

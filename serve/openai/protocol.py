@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from model.chat_template import ChatMessage
 from model.sampling_params import SamplingParams
-from serve.errors import ServiceError
+from serve.errors import ERRORS, InvalidRequestError, ServiceError, Status, form_of
+from serve.sampling_limits import MaxTokensError, limited_sampling_params
 
 # Optional sampling fields passed to SamplingParams only when set.
 _NUMERIC_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
@@ -25,19 +25,6 @@ _NUMERIC_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
 
 # Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER_S = 1
-
-# gRPC status of the shared pipeline -> (HTTP status, OpenAI error type, error code).
-HTTP_ERRORS: dict[grpc.StatusCode, tuple[int, str, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_argument"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
-    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "not_found"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
-    grpc.StatusCode.INTERNAL: (500, "server_error", "internal_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "server_error", "service_unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "server_error", "deadline_exceeded"),
-}
-
 
 class ApiError(Exception):
     """An HTTP error response with OpenAI's error body."""
@@ -49,17 +36,21 @@ class ApiError(Exception):
             status, message, error_type, code, param)
 
     @classmethod
+    def from_status(cls, status: Status, message: str) -> ApiError:
+        form = form_of(status)
+        return cls(form.http_status, message, form.openai_type, form.openai_code)
+
+    @classmethod
     def from_service_error(cls, error: ServiceError) -> ApiError:
-        status, error_type, code = HTTP_ERRORS.get(error.code,
-                                                   HTTP_ERRORS[grpc.StatusCode.INTERNAL])
-        return cls(status, error.message, error_type, code)
+        return cls.from_status(error.status, error.message)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param,
                           "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(RETRY_AFTER_S)} if self.status in (429, 503) else {}
+        retryable = self.status in (form.http_status for form in ERRORS.values() if form.retryable)
+        return {"Retry-After": str(RETRY_AFTER_S)} if retryable else {}
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -124,17 +115,18 @@ class _SamplingRequest(BaseModel):
         values: dict[str, Any] = {name: getattr(self, name) for name in _NUMERIC_FIELDS
                                   if getattr(self, name) is not None}
         requested = self.requested_max_tokens()
-        if requested is not None and requested > max_new_tokens:
-            raise bad_request(f"max_tokens is {requested}, above this service's limit of "
-                              f"{max_new_tokens}; ask for fewer tokens", "max_tokens")
+        if requested is not None:
+            values["max_tokens"] = requested
+        values.update(stop=self.stop, stop_token_ids=self.stop_token_ids,
+                      ignore_eos=self.ignore_eos,
+                      include_stop_str_in_output=self.include_stop_str_in_output,
+                      logprobs=self.requested_logprobs())
         try:
-            return SamplingParams(
-                max_tokens=max_new_tokens if requested is None else requested,
-                stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
-                include_stop_str_in_output=self.include_stop_str_in_output,
-                logprobs=self.requested_logprobs(), **values)
-        except (ValueError, TypeError) as exc:
-            raise bad_request(str(exc)) from None
+            return limited_sampling_params(values, max_new_tokens, max_new_tokens)
+        except MaxTokensError as exc:
+            raise bad_request(exc.message, "max_tokens") from None
+        except InvalidRequestError as exc:
+            raise bad_request(exc.message) from None
 
 
 class ChatCompletionRequest(_SamplingRequest):

@@ -1,0 +1,2 @@
+"""The OpenAI-compatible HTTP layer: the FastAPI app, its request models and its response
+formatting."""
