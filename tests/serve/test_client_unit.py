@@ -47,6 +47,15 @@ class ScriptedLLM(llm_pb2_grpc.LLMServiceServicer):
 
     def Generate(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self._start(request, context)
+        completed = False
+
+        def on_termination() -> None:
+            # A cancel that lands while grpc sends a message ends the call without ever
+            # resuming this generator, so the loop below cannot be the only witness.
+            if not completed:
+                self.cancelled.set()
+
+        context.add_callback(on_termination)
         for index, text in enumerate(self.chunks):
             if self.abort_after is not None and index == self.abort_after[0]:
                 context.abort(self.abort_after[1], "replica died")
@@ -63,6 +72,7 @@ class ScriptedLLM(llm_pb2_grpc.LLMServiceServicer):
                 finish_reason="stop" if last else "", usage=usage if last else None,
                 replica_id="replica-0",
             )  # fmt: skip
+        completed = True
 
     Chat = Generate
 
