@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 CACHE_DIR_ENV = "MISTRAL_SERVE_CACHE_DIR"
+# Fault injection for the chaos tests: every model step sleeps this long first, so a step
+# outlasts the service's internal timeouts without a slow device. Unset in production.
+FAULT_STEP_DELAY_ENV = "MISTRAL_SERVE_FAULT_STEP_DELAY_S"
 
 
 def cache_dir() -> Path:
@@ -24,3 +27,9 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "mistral-serve"
+
+
+def fault_step_delay_s() -> float:
+    """Seconds each model step is delayed (0 unless a fault-injection test asks)."""
+    value = os.environ.get(FAULT_STEP_DELAY_ENV, "")
+    return float(value) if value else 0.0

@@ -13,6 +13,7 @@ import torch
 from model.attention.backend import create_backend
 from model.config import PRESETS, ModelConfig
 from model.cuda_graph import CudaGraphOptions
+from model.envs import fault_step_delay_s
 from model.kv_cache import KVCacheSpec, allocate_kv_cache, kv_budget_bytes
 from model.loader import load_dummy_weights, load_weights
 from model.mistral import MistralForCausalLM
@@ -101,4 +102,5 @@ def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
     logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size,
                 num_blocks * spec.bytes_per_block / 2**20)
     graphs = CudaGraphOptions(config.cuda_graphs, config.cuda_graph_max_batch_size)
-    return ModelRunner(model, caches, config.block_size, device, graphs)
+    return ModelRunner(model, caches, config.block_size, device, graphs,
+                       step_delay_s=fault_step_delay_s())

@@ -8,6 +8,7 @@ engine sends a request's parameters once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -97,8 +98,10 @@ class ModelRunner:
 
     def __init__(self, model: MistralForCausalLM, kv_caches: list[torch.Tensor],
                  block_size: int, device: torch.device,
-                 cuda_graphs: CudaGraphOptions | None = None) -> None:
+                 cuda_graphs: CudaGraphOptions | None = None, step_delay_s: float = 0.0
+                 ) -> None:
         self.model = model
+        self.step_delay_s = step_delay_s  # fault injection only (model/envs.py)
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
@@ -137,6 +140,8 @@ class ModelRunner:
     def execute(self, step: StepInput) -> StepOutput | None:
         """Run one step; returns sampled tokens on the driver rank, None on the others."""
         self._update_requests(step.new_requests, step.finished_request_ids)
+        if self.step_delay_s and step.sequences:
+            time.sleep(self.step_delay_s)  # sleeps without the GIL, like a device wait
         if not step.sequences:
             return StepOutput([])
         logits, request_ids = self.compute_logits(step)

@@ -17,7 +17,7 @@ from serve.config import IngressSettings, ServeConfig
 from serve.ingress import Ingress
 from serve.llm_server import LLMServer
 
-GRPC_SERVICER = "serve.grpc_api.llm_pb2_grpc.add_LLMServiceServicer_to_server"
+GRPC_SERVICER = "serve.grpc_service.add_llm_service_to_server"
 ROUTER_PATH = "serve.router:PrefixSessionRouter"
 
 
@@ -27,14 +27,27 @@ def _cluster_has_gpus() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+# CPU replicas share the machine's cores (torch uses all of them whatever Ray books), so
+# each books half a CPU: two replicas and the Ingress fit a 2-core machine.
+CPU_REPLICA_CPUS = 0.5
+INGRESS_CPUS = 0.25
+# How many times the service's capacity the Ingress replicas accept (see below).
+INGRESS_HEADROOM = 4
+
+
+def uses_gpus(config: ServeConfig) -> bool:
+    return config.engine.device != "cpu" and (
+        config.accelerator == "gpu" or (config.accelerator == "auto" and _cluster_has_gpus()))
+
+
 def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     """Replica resources: bundle 0 for the replica, then one bundle per tensor-parallel rank
     (a GPU each on GPU clusters), STRICT_PACK so a model copy never spans nodes."""
     tp = config.tensor_parallel_size
-    gpu = config.engine.device != "cpu" and (
-        config.accelerator == "gpu" or (config.accelerator == "auto" and _cluster_has_gpus()))
+    gpu = uses_gpus(config)
     options: dict[str, Any] = {
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.replica_max_ongoing_requests,
+        "max_queued_requests": config.caller_max_queued_requests,
         "request_router_config": RequestRouterConfig(
             request_router_class=ROUTER_PATH,
             request_router_kwargs={"redis_url": config.redis_url,
@@ -59,21 +72,29 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     else:
         options["num_replicas"] = config.replicas
     if tp == 1:
-        options["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1 if gpu else 0}
+        options["ray_actor_options"] = {"num_cpus": 1 if gpu else CPU_REPLICA_CPUS,
+                                        "num_gpus": 1 if gpu else 0}
     else:
         worker = {"GPU": 1} if gpu else {"CPU": 1}
         options["ray_actor_options"] = {"num_cpus": 0.5}
         options["placement_group_bundles"] = [{"CPU": 0.5}] + [dict(worker)] * tp
         options["placement_group_strategy"] = "STRICT_PACK"
+    if config.replica_env:
+        # Ray hands a runtime env on to the actors the replica starts (its TP workers).
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(config.replica_env)}
     return options
 
 
 def ingress_max_ongoing_requests(config: ServeConfig) -> int:
-    """Enough streams per Ingress replica to fill every LLMServer replica it may reach
-    (Serve's default of 5 would cap the whole service at 5 streams per Ingress replica)."""
+    """Streams per Ingress replica: several times what the LLMServer replicas and the queue
+    for them hold. Serve's default of 5 would cap the whole service; a cap just at the
+    capacity would park a burst in the proxy's unbounded queue, where a request waits for a
+    slot only to be refused then. With headroom the Ingress takes the burst and the
+    LLMServer handle refuses the excess at once (RESOURCE_EXHAUSTED)."""
     replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
-    total = config.max_ongoing_requests * replicas
-    return -(-total // config.ingress_replicas)
+    total = (config.replica_max_ongoing_requests * replicas
+             + config.caller_max_queued_requests * config.ingress_replicas)
+    return -(-INGRESS_HEADROOM * total // config.ingress_replicas)
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -90,7 +111,37 @@ def build_app(config: ServeConfig) -> Any:
         api_key=config.api_key, limits=config.limits)
     return Ingress.options(num_replicas=config.ingress_replicas,
                            max_ongoing_requests=ingress_max_ongoing_requests(config),
-                           ray_actor_options={"num_cpus": 0.25}).bind(llm, settings)
+                           ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(llm, settings)
+
+
+def required_resources(config: ServeConfig) -> dict[str, float]:
+    """What the app books from Ray at its largest (Serve's proxies book nothing)."""
+    options = llm_server_options(config)
+    replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
+    per_replica: dict[str, float] = {}
+    bundles = options.get("placement_group_bundles") or [
+        {"CPU": options["ray_actor_options"]["num_cpus"],
+         "GPU": options["ray_actor_options"]["num_gpus"]}]
+    for bundle in bundles:
+        for name, amount in bundle.items():
+            per_replica[name] = per_replica.get(name, 0.0) + amount
+    needed = {name: amount * replicas for name, amount in per_replica.items() if amount}
+    needed["CPU"] = needed.get("CPU", 0.0) + INGRESS_CPUS * config.ingress_replicas
+    return needed
+
+
+def check_fits(config: ServeConfig, available: dict[str, float]) -> None:
+    """Fail at once, saying what to change, when this machine cannot hold the app (Serve
+    would otherwise wait forever for resources that never come)."""
+    for name, amount in required_resources(config).items():
+        have = available.get(name, 0.0)
+        if amount > have + 1e-9:
+            raise ValueError(
+                f"the service needs {amount:g} {name} but this Ray cluster has {have:g}: "
+                f"lower --replicas/--max-replicas (now "
+                f"{config.autoscaling.max_replicas if config.autoscaling else config.replicas})"
+                f" or --tp (now {config.tensor_parallel_size}), or start Ray with more "
+                f"{name}s")
 
 
 def build(args: dict[str, Any]) -> Any:
@@ -104,8 +155,12 @@ def build(args: dict[str, Any]) -> Any:
 
 def serve_config(config: ServeConfig) -> dict[str, Any]:
     """A Serve config (``serve deploy`` / KubeRay ``serveConfigV2``) for this ServeConfig."""
-    args = config.model_dump(exclude_none=True,
-                             exclude={"grpc_port", "http_port", "host", "engine"})
+    args = config.model_dump(exclude_none=True, exclude={
+        "grpc_port", "http_port", "host", "engine", "limits", "replica_env"})
+    # Limits and replica env vars only as given: their defaults are the service's own.
+    args["limits"] = config.limits.model_dump(exclude_unset=True, exclude_none=True)
+    if config.replica_env:
+        args["replica_env"] = dict(config.replica_env)
     # Only the engine settings given: the engine's defaults stay the engine's to choose.
     args["engine"] = config.engine.model_dump(exclude_unset=True)
     return {

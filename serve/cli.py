@@ -82,7 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve.app import start_serve
+    from serve.app import check_fits, start_serve
 
     config = serve_config_from(args)
     stop = threading.Event()
@@ -90,6 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     ray.init(namespace="mistral-serve")
     try:
+        check_fits(config, ray.cluster_resources())
         start_serve(config)
         print(f"ready: gRPC on localhost:{config.grpc_port}, HTTP on "
               f"http://{config.host}:{config.http_port} (Ctrl-C stops)", flush=True)

@@ -47,6 +47,13 @@ class Limits(StrictModel):
     max_prompt_tokens: int | None = Field(None, ge=1)  # None: the model's context
     max_new_tokens: int = Field(4096, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Bounds on every list a client sends: each generated token is checked against every
+    # stop string, and each one costs memory per request.
+    max_stop_strings: int = Field(16, ge=0)
+    max_stop_string_chars: int = Field(256, ge=1)
+    max_stop_token_ids: int = Field(64, ge=0)
+    max_logprobs: int = Field(20, ge=0)
+    max_messages: int = Field(1024, ge=1)
 
 
 class ServeConfig(StrictModel):
@@ -75,7 +82,16 @@ class ServeConfig(StrictModel):
     prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    # Requests one LLMServer replica holds at once; None: what its engine can hold, running
+    # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps
+    # concurrency below the engine's.
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    # Requests each caller (Ingress replica) queues for the LLMServers when every replica is
+    # full; past it a request gets RESOURCE_EXHAUSTED at once. None: max_waiting_requests.
+    max_queued_requests: int | None = Field(None, ge=0)
+    # Environment variables of the LLMServer replicas (and their tensor-parallel workers):
+    # NCCL_DEBUG, a cache directory, thread counts.
+    replica_env: dict[str, str] = Field(default_factory=dict)
     # The engine's own settings (dtype, block_size, kv_cache_memory, max_model_len, ...);
     # the checkpoint and tensor-parallel size come from the fields above.
     engine: EngineOptions = Field(default_factory=EngineOptions)
@@ -106,6 +122,18 @@ class ServeConfig(StrictModel):
         from model.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
+
+    @property
+    def replica_max_ongoing_requests(self) -> int:
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        return self.engine.max_num_seqs + self.engine.max_waiting_requests
+
+    @property
+    def caller_max_queued_requests(self) -> int:
+        if self.max_queued_requests is not None:
+            return self.max_queued_requests
+        return self.engine.max_waiting_requests
 
     def engine_config(self, model: str) -> EngineConfig:
         """The engine every LLMServer replica runs, for the resolved checkpoint ``model``."""

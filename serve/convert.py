@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.sampling_params import SamplingParams
+from serve.config import Limits
 from serve.errors import invalid
 from serve.grpc_api import llm_pb2
 from serve.protocol import ServeChunk
@@ -15,7 +16,7 @@ _OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition
 MAX_ID_LENGTH = 256
 
 
-def sampling_params(message: Any, max_new_tokens: int) -> SamplingParams:
+def sampling_params(message: Any, limits: Limits) -> SamplingParams:
     """Unset fields keep SamplingParams' defaults; bad values raise INVALID_ARGUMENT."""
     values: dict[str, Any] = {name: getattr(message, name) for name in _OPTIONAL
                               if message.HasField(name)}
@@ -23,7 +24,7 @@ def sampling_params(message: Any, max_new_tokens: int) -> SamplingParams:
     values["stop_token_ids"] = list(message.stop_token_ids) or None
     values["ignore_eos"] = message.ignore_eos
     values["include_stop_str_in_output"] = message.include_stop_str_in_output
-    return limited_sampling_params(values, max_new_tokens, min(256, max_new_tokens),
+    return limited_sampling_params(values, limits, min(256, limits.max_new_tokens),
                                    context="sampling: ")
 
 

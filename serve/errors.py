@@ -8,6 +8,8 @@ themselves. No grpc import here: the gRPC code is looked up by name where it is 
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +26,15 @@ from serve.engine.errors import (
 __all__ = [
     "ERRORS", "EngineDeadError", "ErrorForm", "InternalError", "InvalidRequestError",
     "ModelNotFoundError", "PromptTooLongError", "QueueFullError", "RequestTooLargeError",
-    "ServiceError", "Status", "UnauthenticatedError", "form_of", "grpc_code", "invalid",
+    "REPLICA_FAILED", "ServiceError", "Status", "UnauthenticatedError", "downstream_error",
+    "form_of", "grpc_code", "invalid",
 ]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+# What a client hears when the replica (or a worker of it) serving its request fails; the
+# cause goes to the server's log, never to the client.
+REPLICA_FAILED = "the replica serving this request failed; retry"
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,28 @@ class ModelNotFoundError(ServiceError):
 
 def invalid(message: str) -> InvalidRequestError:
     return InvalidRequestError(message)
+
+
+def downstream_error(exc: BaseException, request_id: str) -> ServiceError:
+    """The one place an unexpected exception becomes what the client sees.
+
+    A failure of the call to the LLMServer (the replica died or is gone, Serve refused the
+    call) is UNAVAILABLE and retryable; anything else is INTERNAL with a reference that
+    matches one line of this server's log. Neither carries a traceback, a path, a pid, an
+    address, an actor id or a class name.
+    """
+    if isinstance(exc, ServiceError):
+        return exc
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import BackPressureError, RayServeException
+
+    if isinstance(exc, BackPressureError):
+        return QueueFullError("the service is at capacity (every replica and the queue for "
+                              "them are full); retry later")
+    if isinstance(exc, (RayError, RayServeException)):
+        logger.warning("request %s: the LLMServer call failed: %r", request_id, exc)
+        return EngineDeadError(REPLICA_FAILED)
+    reference = uuid.uuid4().hex[:12]
+    logger.error("request %s failed (error reference %s)", request_id, reference,
+                 exc_info=exc)
+    return InternalError(f"internal error (reference {reference}); retry later")

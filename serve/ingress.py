@@ -30,10 +30,12 @@ from serve.errors import (
     ServiceError,
     Status,
     UnauthenticatedError,
+    downstream_error,
     grpc_code,
     invalid,
 )
 from serve.grpc_api import llm_pb2
+from serve.grpc_service import MalformedRequest
 from serve.protocol import ServeRequest
 
 logger = logging.getLogger(__name__)
@@ -86,23 +88,20 @@ class Ingress:
 
     async def Tokenize(self, request: Any, grpc_context: Any = None) -> Any:
         try:
-            self._authenticate(grpc_context)
-            self._check_size(request)
+            self._admit(grpc_context, request)
             if request.WhichOneof("input") == "chat":
-                ids = self.tokenizer.apply_chat_template(chat_messages(request.chat.messages))
+                ids = self.chat_prompt(request.chat.messages)
             else:
                 ids = self.tokenizer.encode(request.text, add_bos=request.add_bos)
-        except ServiceError as exc:
-            self._fail(grpc_context, exc.status, exc.message)
-        except ValueError as exc:
-            self._fail(grpc_context, Status.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            self._fail_with(grpc_context, exc, "tokenize")
         return llm_pb2.TokenizeResponse(token_ids=ids)
 
     async def ModelInfo(self, request: Any, grpc_context: Any = None) -> Any:
         try:
-            self._authenticate(grpc_context)
-        except ServiceError as exc:
-            self._fail(grpc_context, exc.status, exc.message)
+            self._admit(grpc_context, request)
+        except Exception as exc:
+            self._fail_with(grpc_context, exc, "model-info")
         return llm_pb2.ModelInfoResponse(
             model=self.settings.model_name, max_model_len=self.max_model_len,
             vocab_size=self.tokenizer.vocab_size, block_size=self.block_size,
@@ -131,6 +130,10 @@ class Ingress:
 
     def chat_prompt(self, messages: Any) -> list[int]:
         """Token ids of a conversation: items with ``role`` and ``content`` attributes."""
+        bound = self.settings.limits.max_messages
+        if len(messages) > bound:
+            raise invalid(f"{len(messages)} messages; this service takes at most {bound}: "
+                          "drop or merge earlier turns")
         try:
             return self.tokenizer.apply_chat_template(chat_messages(messages))
         except ValueError as exc:
@@ -149,7 +152,10 @@ class Ingress:
         """The request for the router and LLMServer; identifiers are "" when absent."""
         salt = check_identifier("cache_salt", cache_salt)
         return ServeRequest(
-            request_id=check_identifier("request_id", request_id) or uuid.uuid4().hex,
+            # The engine's key is always made here: a client's id may repeat (its own
+            # retries, or any other tenant's pick) and must not let one abort another.
+            request_id=uuid.uuid4().hex,
+            client_request_id=check_identifier("request_id", request_id) or "",
             prompt_token_ids=ids, params=params,
             session_id=check_identifier("session_id", session_id),
             cache_salt=salt,
@@ -157,7 +163,7 @@ class Ingress:
 
     def _serve_request(self, ids: list[int], request: Any) -> ServeRequest:
         self.check_prompt(ids)
-        params = sampling_params(request.sampling, self.max_new_tokens)
+        params = sampling_params(request.sampling, self.settings.limits)
         return self.new_request(ids, params, request.request_id, request.session_id,
                                 request.cache_salt)
 
@@ -168,14 +174,19 @@ class Ingress:
                                        f"most {self.max_message_bytes} bytes: send a shorter "
                                        "prompt")
 
+    def _admit(self, grpc_context: Any, request: Any) -> None:
+        if isinstance(request, MalformedRequest):
+            raise invalid(request.explain())
+        self._authenticate(grpc_context)
+        self._check_size(request)
+
     async def _stream(self, grpc_context: Any, request: Any,
                       build: Callable[[], ServeRequest]) -> AsyncIterator[Any]:
         try:
-            self._authenticate(grpc_context)
-            self._check_size(request)
+            self._admit(grpc_context, request)
             serve_request = build()
-        except ServiceError as exc:
-            self._fail(grpc_context, exc.status, exc.message)
+        except Exception as exc:
+            self._fail_with(grpc_context, exc, "new")
         stream = self.llm.generate.remote(serve_request)
         finished = False
         try:
@@ -185,12 +196,25 @@ class Ingress:
                     self._fail(grpc_context, chunk.error_code, chunk.error or "")
                 yield response(chunk)
             finished = True
+        except ServiceError:
+            raise  # a status already set by _fail
+        except Exception as exc:
+            finished = True  # the call failed; nothing left to cancel
+            self._fail_with(grpc_context, exc, serve_request.request_id)
         finally:
             # The client left (the proxy cancelled or closed this generator): cancel the
             # LLMServer call now rather than wait for Serve to notice, so the engine aborts
             # the request and frees its blocks at once.
             if not finished:
                 stream.cancel()
+
+    def _fail_with(self, grpc_context: Any, exc: BaseException, request_id: str) -> NoReturn:
+        """Any exception as a clean status: bad input (ValueError from the tokenizer or the
+        model layer) is INVALID_ARGUMENT, the rest goes through ``downstream_error``."""
+        if isinstance(exc, ValueError) and not isinstance(exc, ServiceError):
+            self._fail(grpc_context, Status.INVALID_ARGUMENT, str(exc))
+        error = downstream_error(exc, request_id)
+        self._fail(grpc_context, error.status, error.message)
 
     @staticmethod
     def _fail(grpc_context: Any, status: Status, message: str) -> NoReturn:

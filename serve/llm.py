@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,14 @@ class LLM:
 
     ``model`` is a checkpoint directory or a preset name; None means the embedded default
     (SmolLM2-135M-Instruct, converted on first use).
+
+    What it holds (at tp > 1 a Ray placement group and its worker actors) is released by
+    ``shutdown()``, by leaving a ``with LLM(...) as llm:`` block, or when the last reference
+    goes, whichever comes first; a second ``shutdown()`` does nothing::
+
+        with LLM("/ckpt", tensor_parallel_size=2) as llm:
+            llm.generate("Hello")
+        LLM("/other", tensor_parallel_size=2)   # the first one's CPUs/GPUs are free again
     """
 
     def __init__(self, model: str | None = None, **engine_args: Any) -> None:
@@ -36,6 +45,15 @@ class LLM:
             model = str(ensure_smollm2())
         self.engine = create_engine(EngineConfig(model=str(model), **engine_args))
         self._ids = itertools.count()
+        # Tied to the engine, which may outlive this object (an AsyncLLMEngine around it);
+        # holds the executor, not the engine, so dropping the last reference runs it.
+        self._release = weakref.finalize(self.engine, self.engine.executor.shutdown)
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
 
     @property
     def tokenizer(self) -> Any:
@@ -84,4 +102,5 @@ class LLM:
         return self.generate(prompts, sampling_params)
 
     def shutdown(self) -> None:
-        self.engine.executor.shutdown()
+        """Release the model's devices and workers; idempotent."""
+        self._release()

@@ -17,7 +17,7 @@ from serve.engine.config import EngineConfig
 from serve.engine.factory import create_engine
 from serve.engine.kv_events import BlockStored
 from serve.engine.request import RequestOutput
-from serve.errors import ServiceError, Status
+from serve.errors import REPLICA_FAILED, ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ServeChunk, ServeRequest
@@ -28,11 +28,11 @@ logger = logging.getLogger(__name__)
 METRICS_PERIOD_S = 5.0
 
 
-def _chunk(output: RequestOutput, replica_id: str) -> ServeChunk:
+def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChunk:
     completion = output.outputs[0]
     new = len(completion.delta_token_ids)
     chunk = ServeChunk(
-        request_id=output.request_id,
+        request_id=request_id,
         text=completion.delta_text,
         token_ids=list(completion.delta_token_ids),
         logprobs=list(completion.logprobs[-new:]) if completion.logprobs and new else [],
@@ -45,7 +45,7 @@ def _chunk(output: RequestOutput, replica_id: str) -> ServeChunk:
         chunk.completion_tokens = len(completion.token_ids)
         chunk.cached_tokens = output.num_cached_tokens
         if completion.finish_reason == "error":
-            chunk.error_code, chunk.error = Status.UNAVAILABLE, output.error or "the replica failed"
+            chunk.error_code, chunk.error = Status.UNAVAILABLE, REPLICA_FAILED
     return chunk
 
 
@@ -121,7 +121,8 @@ class LLMServer:
 
     async def _engine_stats(self) -> Any:
         """The engine's stats; every caller refreshes the gauges on the way."""
-        stats = await self.engine.call(lambda engine: engine.stats())
+        # The snapshot the engine loop publishes after every step: never waits on a step.
+        stats = self.engine.stats
         self.metrics.record_engine_stats(stats)
         return stats
 
@@ -136,6 +137,9 @@ class LLMServer:
                                     engine.config.block_size))
                 stored = BlockStored(hashes, None, len(hashes) * block_size)
                 self.publisher.resync([stored] if hashes else [])
+            except asyncio.TimeoutError:
+                # A long step holds the engine thread; the next period tries again.
+                logger.warning("republishing cached blocks skipped: the engine is busy")
             except Exception:
                 logger.exception("republishing cached blocks failed")
 
@@ -148,24 +152,29 @@ class LLMServer:
                                           request.request_id, request.cache_salt)
             async for output in stream:
                 timing.saw(output)
-                yield _chunk(output, self.replica_id)
+                if output.finished and output.outputs[0].finish_reason == "error":
+                    logger.error("request %s (client id %r) failed: %s", request.request_id,
+                                 request.client_request_id, output.error)
+                yield _chunk(output, request.echo_id, self.replica_id)
         except ServiceError as exc:
             timing.failed = True
             yield self._error(request, exc.status, exc.message)
         except ValueError as exc:  # the model layer's own validation (sampling parameters)
             timing.failed = True
             yield self._error(request, Status.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:
+        except Exception:
             timing.failed = True
-            logger.exception("request %s failed", request.request_id)
-            yield self._error(request, Status.INTERNAL, f"internal error: {type(exc).__name__}")
+            logger.exception("request %s (client id %r) failed", request.request_id,
+                             request.client_request_id)
+            yield self._error(request, Status.INTERNAL,
+                              f"internal error (request {request.request_id}); retry later")
         finally:
             # Also reached when the caller leaves early (GeneratorExit): an abort.
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())
 
     def _error(self, request: ServeRequest, status: Status, message: str) -> ServeChunk:
-        return ServeChunk(request.request_id, finish_reason="error", error_code=status,
+        return ServeChunk(request.echo_id, finish_reason="error", error_code=status,
                           error=message, replica_id=self.replica_id)
 
     async def stats(self) -> dict[str, Any]:
@@ -175,8 +184,9 @@ class LLMServer:
     async def check_health(self) -> None:
         """Serve replaces the replica when this raises."""
         self._ensure_resync()
-        if not self.engine.is_healthy:
-            raise RuntimeError(self.engine.engine.dead_reason or "engine loop stopped")
+        reason = self.engine.dead_reason
+        if reason is not None:
+            raise RuntimeError(reason)
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Load the router weighs beside Serve's own queue length."""

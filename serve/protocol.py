@@ -14,6 +14,8 @@ from serve.engine.errors import Status
 
 @dataclass
 class ServeRequest:
+    # Made by the Ingress, unique: the engine's key. The client's own id is only echoed
+    # back and logged, so two clients (or one, twice) may use the same one.
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
@@ -21,6 +23,12 @@ class ServeRequest:
     cache_salt: str | None = None
     # The prompt's chained block keys (serve.engine.block_hash), for prefix-aware routing.
     block_hashes: list[bytes] = field(default_factory=list)
+    client_request_id: str = ""
+
+    @property
+    def echo_id(self) -> str:
+        """The id the client sees on its responses: its own, else the server's."""
+        return self.client_request_id or self.request_id
 
 
 @dataclass

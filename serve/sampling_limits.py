@@ -1,12 +1,13 @@
 """The engine's ``SamplingParams`` from the fields a front end received (gRPC or OpenAI),
-under the service's limit on new tokens. Both front ends build them here, so a request gets
-the same answer, and the same message, whichever API it came through."""
+under the service's limits. Both front ends build them here, so a request gets the same
+answer, and the same message, whichever API it came through."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from model.sampling_params import SamplingParams
+from serve.config import Limits
 from serve.errors import InvalidRequestError
 
 
@@ -14,15 +15,39 @@ class MaxTokensError(InvalidRequestError):
     """``max_tokens`` is above the service's limit."""
 
 
-def limited_sampling_params(values: dict[str, Any], max_new_tokens: int,
-                            default_max_tokens: int, context: str = "") -> SamplingParams:
+def _check_lists(values: dict[str, Any], limits: Limits) -> None:
+    stop = values.get("stop")
+    strings = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(strings) > limits.max_stop_strings:
+        raise InvalidRequestError(f"{len(strings)} stop strings; this service takes at most "
+                                  f"{limits.max_stop_strings}: send fewer")
+    longest = max((len(s) for s in strings if isinstance(s, str)), default=0)
+    if longest > limits.max_stop_string_chars:
+        raise InvalidRequestError(f"a stop string of {longest} characters; the limit is "
+                                  f"{limits.max_stop_string_chars}: shorten it")
+    token_ids = values.get("stop_token_ids") or []
+    if len(token_ids) > limits.max_stop_token_ids:
+        raise InvalidRequestError(f"{len(token_ids)} stop token ids; this service takes at "
+                                  f"most {limits.max_stop_token_ids}: send fewer")
+    logprobs = values.get("logprobs")
+    if isinstance(logprobs, int) and logprobs > limits.max_logprobs:
+        raise InvalidRequestError(f"logprobs is {logprobs}; this service returns at most "
+                                  f"{limits.max_logprobs} per token: ask for fewer")
+
+
+def limited_sampling_params(values: dict[str, Any], limits: Limits, default_max_tokens: int,
+                            context: str = "") -> SamplingParams:
     """``values`` holds only the fields the client set; ``max_tokens`` above the service's
-    limit raises :class:`MaxTokensError`, any value SamplingParams refuses INVALID_ARGUMENT
-    with its own message (after ``context``, when given)."""
+    limit raises :class:`MaxTokensError`, a list over its bound or any value SamplingParams
+    refuses INVALID_ARGUMENT with its own message (after ``context``, when given)."""
     requested = values.get("max_tokens")
-    if requested is not None and requested > max_new_tokens:
+    if requested is not None and requested > limits.max_new_tokens:
         raise MaxTokensError(f"max_tokens is {requested}, above this service's limit of "
-                                  f"{max_new_tokens}; ask for fewer tokens")
+                             f"{limits.max_new_tokens}; ask for fewer tokens")
+    try:
+        _check_lists(values, limits)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(f"{context}{exc.message}") from None
     values = {**values, "max_tokens": default_max_tokens if requested is None else requested}
     try:
         return SamplingParams(**values)

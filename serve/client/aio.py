@@ -133,15 +133,18 @@ class AsyncLLMClient(ClientBase):
                     request, timeout=remaining_s(deadline), metadata=self.metadata
                 )
                 received = False
+                delivered = 0
                 try:
                     async for response in call:
                         received = True
-                        yield chunk_from_proto(response)
+                        chunk = chunk_from_proto(response)
+                        delivered += len(chunk.token_ids)
+                        yield chunk
                     return
                 except grpc.RpcError as error:
                     delay = self._retry_delay(error, attempt, received, deadline)
                     if delay is None:
-                        raise error_from_rpc(error) from None
+                        raise error_from_rpc(error, delivered) from None
                 await asyncio.sleep(delay)
         finally:
             # Reached on completion, error, aclose(), task cancellation, and when the loop

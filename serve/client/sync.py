@@ -129,15 +129,18 @@ class LLMClient(ClientBase):
             for attempt in itertools.count():
                 call = rpc(request, timeout=remaining_s(deadline), metadata=self.metadata)
                 received = False
+                delivered = 0
                 try:
                     for response in call:
                         received = True
-                        yield chunk_from_proto(response)
+                        chunk = chunk_from_proto(response)
+                        delivered += len(chunk.token_ids)
+                        yield chunk
                     return
                 except grpc.RpcError as error:
                     delay = self._retry_delay(error, attempt, received, deadline)
                     if delay is None:
-                        raise error_from_rpc(error) from None
+                        raise error_from_rpc(error, delivered) from None
                 time.sleep(delay)
         finally:
             # Reached on completion, error, close() and garbage collection (a ``break``):

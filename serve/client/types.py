@@ -140,10 +140,16 @@ class ClientError(Exception):
     own subclass (UNKNOWN, ABORTED, ...) raise ``ClientError`` itself.
     """
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
+    def __init__(self, code: grpc.StatusCode, details: str, tokens_delivered: int = 0) -> None:
+        note = ""
+        if tokens_delivered:
+            # Redoing the call would repeat them: the SDK retries only before any token.
+            note = (f" (after {tokens_delivered} tokens of this stream were delivered; "
+                    "not retried)")
+        super().__init__(f"{code.name}: {details}{note}")
         self.code = code
         self.details = details
+        self.tokens_delivered = tokens_delivered
 
 
 class InvalidArgument(ClientError):
@@ -212,14 +218,15 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
 }
 
 
-def error_from_rpc(error: grpc.RpcError) -> ClientError:
-    """The ``ClientError`` for a failed call (sync ``grpc.RpcError`` or ``AioRpcError``)."""
+def error_from_rpc(error: grpc.RpcError, tokens_delivered: int = 0) -> ClientError:
+    """The ``ClientError`` for a failed call (sync ``grpc.RpcError`` or ``AioRpcError``);
+    ``tokens_delivered``: how many tokens of the failed stream the caller already has."""
     # Every RpcError grpc raises for a call is also a grpc.Call with code() and details().
     code_of = getattr(error, "code", None)
     details_of = getattr(error, "details", None)
     code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
     details = (details_of() if callable(details_of) else None) or str(error)
-    return ERRORS_BY_CODE.get(code, ClientError)(code, details)
+    return ERRORS_BY_CODE.get(code, ClientError)(code, details, tokens_delivered)
 
 
 def rpc_code(error: grpc.RpcError) -> grpc.StatusCode | None:

@@ -1,9 +1,16 @@
 """The asyncio front of the engine: one background thread steps the engine, coroutines stream.
 
 The engine itself is single-threaded. Coroutines never touch it directly: they post
-commands (add, abort) to an inbox that the engine thread drains before each step, and they
-receive outputs on their own asyncio queue. Leaving a stream early (cancel, break, client
-gone) aborts the request, which returns its KV blocks on the next engine iteration.
+commands (add, abort, call) to an inbox that the engine thread drains before each step,
+and they receive outputs on their own asyncio queue. Leaving a stream early (cancel, break,
+client gone) aborts the request, which returns its KV blocks on the next engine iteration.
+
+The loop survives its callers. Every hand-off tolerates a caller that timed out or was
+cancelled meanwhile (its future is then skipped, and an add that nobody waits for any more
+is aborted), and an exception in a command is logged and survived: only a failed step marks
+the engine dead. Stats for metrics, routing and autoscaling are published by the loop into
+a snapshot that readers take without waiting, so a long step delays nothing but itself.
+The loop's heartbeat (``progress``) tells the health check whether it is serving.
 """
 
 from __future__ import annotations
@@ -15,19 +22,24 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from model.sampling_params import SamplingParams
-from serve.engine.engine import LLMEngine
+from serve.engine.engine import EngineStats, LLMEngine
 from serve.engine.errors import EngineDeadError
 from serve.engine.request import RequestOutput
 
 logger = logging.getLogger(__name__)
 
-# How long a stream waits between liveness checks of the engine thread.
+# How long a waiting coroutine sleeps between liveness checks of the engine thread.
 _POLL_S = 1.0
+# A step running longer than this means the loop is stalled (a hung kernel or rank): the
+# health check fails and Serve replaces the replica. Far above any real step, a 2048-token
+# prefill chunk on a slow CPU included.
+DEFAULT_STALL_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -48,31 +60,75 @@ class _Abort:
 
 @dataclass
 class _Call:
-    """Run a function on the engine thread (stats, reset) and hand back its result."""
+    """Run a function on the engine thread (between steps) and hand back its result."""
 
     fn: Any
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
+def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:
+    """Run ``fn()`` for a caller that may have given up: a cancelled future is skipped, and
+    its result or exception is set at most once."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn()
+    except Exception as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+@dataclass
+class Heartbeat:
+    """What the loop is doing: ``step_started`` is set while a step runs."""
+
+    beat: float = field(default_factory=time.monotonic)
+    step_started: float | None = None
+
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds the current step has run (0 when none runs)."""
+        if self.step_started is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.step_started
+
+
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine,
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> None:
         self.engine = engine
+        self.stall_timeout_s = stall_timeout_s
         self._inbox: queue.Queue[_Add | _Abort | _Call | None] = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._ids = itertools.count()
         self._stopped = threading.Event()
+        self.heartbeat = Heartbeat()
+        self.stats: EngineStats = engine.stats()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 
     # ---- public API (any thread / event loop) ---------------------------------------
 
     @property
+    def dead_reason(self) -> str | None:
+        """Why the engine cannot serve, or None while it can."""
+        if self.engine.dead_reason is not None:
+            return self.engine.dead_reason
+        if not self._thread.is_alive():
+            return "the engine loop stopped"
+        stalled = self.heartbeat.stalled_for()
+        if stalled > self.stall_timeout_s:
+            return (f"the engine loop is stalled: one step has run for {stalled:.0f}s "
+                    f"(bound {self.stall_timeout_s:.0f}s)")
+        return None
+
+    @property
     def is_healthy(self) -> bool:
-        return self._thread.is_alive() and self.engine.dead_reason is None
+        return self.dead_reason is None
 
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
-                       request_id: str | None = None, cache_salt: str | None = None,
-                       add_timeout_s: float = 30.0) -> AsyncIterator[RequestOutput]:
+                       request_id: str | None = None, cache_salt: str | None = None
+                       ) -> AsyncIterator[RequestOutput]:
         """Stream outputs until the request finishes; raises the engine's validation errors
         (ValueError, QueueFullError, EngineDeadError) before the first output."""
         request_id = request_id or f"req-{next(self._ids)}"
@@ -80,11 +136,11 @@ class AsyncLLMEngine:
         command = _Add(request_id, prompt, params or SamplingParams(), cache_salt,
                        asyncio.get_running_loop(), stream)
         self._post(command)
-        await asyncio.wait_for(asyncio.wrap_future(command.accepted), add_timeout_s)
         finished = False
         try:
+            await self._wait(asyncio.wrap_future(command.accepted))
             while True:
-                item = await self._next(stream)
+                item = await self._wait(stream.get())
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
@@ -93,26 +149,39 @@ class AsyncLLMEngine:
                     return
         finally:
             if not finished:
-                self.abort(request_id)
+                # Also after a refused add: the abort of an unknown id does nothing, and
+                # the inbox is FIFO, so an add the loop has not reached yet is undone.
+                with contextlib.suppress(EngineDeadError):
+                    self.abort(request_id)
 
-    async def _next(self, stream: asyncio.Queue[Any]) -> Any:
-        while True:
-            try:
-                return await asyncio.wait_for(stream.get(), _POLL_S)
-            except asyncio.TimeoutError:
-                if not self._thread.is_alive():
-                    raise EngineDeadError("the engine loop stopped") from None
+    async def _wait(self, awaitable: Any) -> Any:
+        """Await while the loop is alive: the bound is the loop's health, not a fixed time,
+        so a long step (a long prompt on a slow device) delays without failing. A step past
+        the stall bound fails the health check instead, and Serve replaces the replica."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_POLL_S)
+                if done:
+                    return task.result()
+                if self.engine.dead_reason is not None or not self._thread.is_alive():
+                    raise EngineDeadError(self.engine.dead_reason or "the engine loop stopped")
+        finally:
+            task.cancel()
 
     def abort(self, request_id: str) -> None:
         self._post(_Abort(request_id))
 
     async def call(self, fn: Any, timeout_s: float = 10.0) -> Any:
-        """``fn(engine)`` on the engine thread, between steps."""
+        """``fn(engine)`` on the engine thread, between steps. A timeout leaves the loop
+        unharmed: the call is skipped if the loop has not reached it yet."""
         command = _Call(fn)
         self._post(command)
         return await asyncio.wait_for(asyncio.wrap_future(command.result), timeout_s)
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
+        if self._stopped.is_set():
+            return
         self._stopped.set()
         self._inbox.put(None)
         self._thread.join(timeout_s)
@@ -128,6 +197,7 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         while not self._stopped.is_set():
             if not self.engine.has_unfinished_requests():
+                self._publish()
                 # Idle: sleep until a command arrives (shutdown posts None to wake us).
                 command = self._inbox.get()
                 if command is None:
@@ -137,6 +207,13 @@ class AsyncLLMEngine:
             if not self._stopped.is_set() and self.engine.has_unfinished_requests():
                 self._step()
         self._fail_streams(EngineDeadError("the engine shut down"))
+
+    def _publish(self) -> None:
+        self.heartbeat.beat = time.monotonic()
+        try:
+            self.stats = self.engine.stats()
+        except Exception:  # stats are advisory; never let them stop the loop
+            logger.exception("engine stats failed")
 
     def _drain_inbox(self) -> None:
         while True:
@@ -150,30 +227,37 @@ class AsyncLLMEngine:
             self._handle(command)
 
     def _handle(self, command: _Add | _Abort | _Call) -> None:
-        if isinstance(command, _Add):
-            try:
-                self.engine.add_request(command.request_id, command.prompt, command.params,
-                                        command.cache_salt)
-            except Exception as exc:
-                command.accepted.set_exception(exc)
-                return
+        try:
+            if isinstance(command, _Add):
+                self._add(command)
+            elif isinstance(command, _Abort):
+                self.engine.abort(command.request_id)
+            else:
+                _settle(command.result, lambda: command.fn(self.engine))
+        except Exception:  # a bug in one command must not take the loop down
+            logger.exception("engine command %s failed", type(command).__name__)
+
+    def _add(self, command: _Add) -> None:
+        def add() -> None:
+            self.engine.add_request(command.request_id, command.prompt, command.params,
+                                    command.cache_salt)
             self._streams[command.request_id] = (command.loop, command.stream)
-            command.accepted.set_result(None)
-        elif isinstance(command, _Abort):
-            self.engine.abort(command.request_id)
-        else:
-            try:
-                command.result.set_result(command.fn(self.engine))
-            except Exception as exc:
-                command.result.set_exception(exc)
+
+        # A caller that already gave up is skipped: no request is added for it.
+        _settle(command.accepted, add)
 
     def _step(self) -> None:
+        self._publish()  # the requests just admitted show while the step runs
+        self.heartbeat.step_started = time.monotonic()
         try:
             outputs = self.engine.step()
-        except Exception as exc:  # a bug, not a model failure: fail loudly, free everything
+        except Exception as exc:  # the model failed: fail loudly, free everything
             logger.exception("engine step failed")
-            self.engine.dead_reason = f"engine step failed: {exc}"
+            self.engine.dead_reason = f"engine step failed: {type(exc).__name__}"
             outputs = self.engine.fail_all(self.engine.dead_reason)
+        finally:
+            self.heartbeat.step_started = None
+        self._publish()
         for output in outputs:
             target = self._streams.get(output.request_id)
             if target is None:

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.errors import ServiceError, Status
+from serve.errors import ServiceError, Status, downstream_error
 from serve.openai.format import ChatFormat, CompletionFormat, Output, sse
 from serve.openai.protocol import (
     ApiError,
@@ -50,17 +50,10 @@ def _chunk_error(chunk: ServeChunk) -> ApiError:
     return ApiError.from_status(chunk.error_code, chunk.error or "")
 
 
-def _call_error(exc: Exception) -> ApiError:
-    """An exception from the downstream call itself: the replica died, Serve is full."""
-    from ray.exceptions import RayError
-    from ray.serve.exceptions import BackPressureError
-
-    if isinstance(exc, (BackPressureError, RayError)):
-        logger.warning("the LLMServer call failed: %r", exc)
-        return ApiError.from_status(
-            Status.UNAVAILABLE, f"the model server is unavailable ({type(exc).__name__}); retry")
-    logger.exception("the LLMServer call failed")
-    return ApiError.from_status(Status.INTERNAL, f"internal error: {type(exc).__name__}")
+def _call_error(exc: Exception, request_id: str = "http") -> ApiError:
+    """An exception from the downstream call itself (the replica died, Serve is full) or
+    any other surprise, as the one table says (serve/errors.py)."""
+    return ApiError.from_service_error(downstream_error(exc, request_id))
 
 
 class OpenAIServer:
@@ -119,13 +112,17 @@ class OpenAIServer:
             self._check_model(body.model)
             ids = prompt(body)
             ingress.check_prompt(ids)
-            params = body.sampling_params(ingress.max_new_tokens)
+            params = body.sampling_params(ingress.settings.limits)
             serve_request = ingress.new_request(ids, params, "", body.session_id or "",
                                                 body.cache_salt or "")
         except ApiError as exc:
             return error_response(exc)
         except ServiceError as exc:
             return error_response(ApiError.from_service_error(exc))
+        except ValueError as exc:  # the tokenizer's or the model layer's own validation
+            return error_response(ApiError.from_status(Status.INVALID_ARGUMENT, str(exc)))
+        except Exception as exc:
+            return error_response(_call_error(exc))
         output_format = format_class(
             id=f"{id_prefix}-{serve_request.request_id}", created=int(time.time()),
             model=self.model_name, tokenizer=ingress.tokenizer, top_logprobs=params.logprobs,

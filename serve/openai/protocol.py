@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from model.chat_template import ChatMessage
 from model.sampling_params import SamplingParams
+from serve.config import Limits
 from serve.errors import ERRORS, InvalidRequestError, ServiceError, Status, form_of
 from serve.sampling_limits import MaxTokensError, limited_sampling_params
 
@@ -108,7 +109,7 @@ class _SamplingRequest(BaseModel):
     def requested_logprobs(self) -> int | None:
         return None
 
-    def sampling_params(self, max_new_tokens: int) -> SamplingParams:
+    def sampling_params(self, limits: Limits) -> SamplingParams:
         """Unset fields keep SamplingParams' defaults, except max_tokens: the service's limit
         (the engine clamps it to the room the context leaves), as OpenAI's API runs to the
         end of the context when it is left out."""
@@ -122,7 +123,7 @@ class _SamplingRequest(BaseModel):
                       include_stop_str_in_output=self.include_stop_str_in_output,
                       logprobs=self.requested_logprobs())
         try:
-            return limited_sampling_params(values, max_new_tokens, max_new_tokens)
+            return limited_sampling_params(values, limits, limits.max_new_tokens)
         except MaxTokensError as exc:
             raise bad_request(exc.message, "max_tokens") from None
         except InvalidRequestError as exc:

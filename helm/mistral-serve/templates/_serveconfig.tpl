@@ -51,7 +51,7 @@ password reach ServeConfig.from_env through env vars on the Ray pods (templates/
       "http_options" (dict "host" "0.0.0.0" "port" $v.ports.http)
       "grpc_options" (dict
         "port" $v.ports.grpc
-        "grpc_servicer_functions" (list "serve.grpc_api.llm_pb2_grpc.add_LLMServiceServicer_to_server"))
+        "grpc_servicer_functions" (list "serve.grpc_service.add_llm_service_to_server"))
       "applications" (list $app) }}
 {{- toYaml $config }}
 {{- end }}

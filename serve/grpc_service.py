@@ -1,0 +1,159 @@
+"""Registers the LLMService on Serve's gRPC proxy so that no failure reaches a client raw.
+
+Two things the generated registration leaves to Serve go wrong for clients:
+
+- Requests are decoded with ``Message.FromString``; bytes that are no valid message make
+  that raise inside grpc, which answers ``UNKNOWN`` with the Python exception's text. Here
+  a bad message decodes to a :class:`MalformedRequest` instead, which travels to the
+  Ingress like any request, and the Ingress answers ``INVALID_ARGUMENT``.
+- When the Ingress replica itself dies mid-call, Serve's proxy answers ``INTERNAL`` with
+  Ray's account of the death (actor id, pid, node address). The proxy's own behaviours are
+  wrapped here: a status whose details show internals is replaced, before it is sent, by
+  ``UNAVAILABLE`` with a one-line message (the cause stays in the proxy's log).
+
+Serve is given :func:`add_llm_service_to_server` as its servicer function; it runs in each
+proxy process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from serve.client.load import LEAK_PATTERN
+from serve.errors import REPLICA_FAILED
+from serve.grpc_api import llm_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What a request that is no valid protobuf message decodes to."""
+
+    method: str  # e.g. "Generate"
+    message_type: str  # e.g. "GenerateRequest"
+
+    def ByteSize(self) -> int:  # noqa: N802 - the protobuf name the Ingress calls
+        return 0
+
+    def explain(self) -> str:
+        return (f"the {self.method} request is not a valid mistral.serve.v1."
+                f"{self.message_type} message; send one serialized by the generated stubs "
+                "(or the SDK)")
+
+
+def _tolerant(method: str, decode: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    message_type = getattr(getattr(decode, "__self__", None), "__name__", None) or \
+        getattr(decode, "__qualname__", "message").split(".")[0]
+
+    def decode_or_mark(data: bytes) -> Any:
+        assert decode is not None
+        try:
+            return decode(data)
+        except (DecodeError, ValueError, TypeError):
+            return MalformedRequest(method, message_type)
+
+    return decode_or_mark
+
+
+def sanitized(code: grpc.StatusCode | None, details: str) -> tuple[grpc.StatusCode | None, str]:
+    """The status a client may see in place of ``(code, details)``."""
+    if not details or not LEAK_PATTERN.search(details):
+        return code, details
+    logger.warning("replaced a status that showed internals: %s %s", code, details)
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE,
+                None) and ("died" in details or "unavailable" in details.lower()):
+        return grpc.StatusCode.UNAVAILABLE, REPLICA_FAILED
+    return code, "internal error; retry later"
+
+
+class _SanitizingContext:
+    """The servicer context, with set_code/set_details passing through ``sanitized``."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: grpc.StatusCode | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        code, clean = sanitized(self._code, details)
+        if code is not None and code != self._code:
+            self._context.set_code(code)
+        self._context.set_details(clean)
+
+
+def _sanitizing(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behaviour):
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async for item in behaviour(request, _SanitizingContext(context)):
+                yield item
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        return await behaviour(request, _SanitizingContext(context))
+
+    return unary
+
+
+def _sanitizing_handler(handler: Any) -> Any:
+    """``handler`` whose ``_replace`` wraps the behaviours put in: Serve's proxy swaps in its
+    own behaviours through ``_replace``, so those end up wrapped."""
+
+    class SanitizingHandler(type(handler)):  # type: ignore[misc]
+        __slots__ = ()
+
+        def _replace(self, **changes: Any) -> Any:
+            for key in BEHAVIOURS:
+                if changes.get(key) is not None:
+                    changes[key] = _sanitizing(changes[key])
+            return super()._replace(**changes)
+
+    return SanitizingHandler(*handler)
+
+
+def _rewrite(name: str, handler: Any) -> Any:
+    method = name.rsplit("/", 1)[-1]
+    if handler.request_deserializer is not None:
+        handler = handler._replace(
+            request_deserializer=_tolerant(method, handler.request_deserializer))
+    return _sanitizing_handler(handler)
+
+
+class _TolerantRegistration:
+    """Stands in for the server while the generated code registers its handlers."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        for handler in handlers:
+            # grpc's DictionaryGenericHandler keeps them by "/service/Method" (Serve's own
+            # proxy reads the same attribute).
+            handler._method_handlers = {name: _rewrite(name, h)
+                                        for name, h in handler._method_handlers.items()}
+        self.server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        add = getattr(self.server, "add_registered_method_handlers", None)
+        if add is not None:
+            add(service, {name: _rewrite(name, h) for name, h in handlers.items()})
+
+
+def add_llm_service_to_server(servicer: Any, server: Any) -> None:
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, _TolerantRegistration(server))

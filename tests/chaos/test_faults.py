@@ -1,0 +1,228 @@
+"""Faults under load on a real service (2 LLMServer replicas, 2 Ingress replicas, Redis):
+every stream ends with its whole output or a clean status within a bound, no message shows
+internals, every KV block comes back, and the service serves normally afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve.client import LLMClient
+from serve.client.load import Outcome, StreamSpec, percentile, run_streams, tally
+from tests.chaos.conftest import API_KEY, Service, start_service, wait_until
+from tests.serve.conftest import RedisServer
+
+MAX_NUM_SEQS = 16
+MAX_WAITING = 16  # per replica: 32 requests in flight or queued, the rest refused at once
+CONTEXT = 512  # the tiny checkpoint's
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: None, tiny_checkpoint: Path,
+            redis_server: RedisServer) -> Iterator[Service]:
+    yield from start_service(
+        model=str(tiny_checkpoint), replicas=2, ingress_replicas=2, redis_url=redis_server.url,
+        engine={"num_kv_blocks": 512, "dtype": "float32", "max_num_seqs": MAX_NUM_SEQS,
+                "max_waiting_requests": MAX_WAITING})
+
+
+def streams(service: Service, specs: list[StreamSpec]) -> list[Outcome]:
+    return asyncio.run(run_streams(service.target, specs, API_KEY, timeout_s=120))
+
+
+def prompts(count: int, max_tokens: int, tag: str) -> list[StreamSpec]:
+    return [StreamSpec(f"{tag} {i} " * (1 + i % 7), max_tokens) for i in range(count)]
+
+
+def assert_served_normally(service: Service) -> None:
+    with LLMClient(service.target, api_key=API_KEY, timeout_s=60) as client:
+        reply = client.generate("are you still there?", max_tokens=6, ignore_eos=True)
+    assert (len(reply.token_ids), reply.finish_reason) == (6, "length")
+
+
+def test_redis_killed_and_restarted_mid_run(service: Service, redis_server: RedisServer,
+                                            no_leaks: Callable[[list[Any]], None]) -> None:
+    async def scenario() -> list[Outcome]:
+        load = asyncio.create_task(run_streams(service.target, prompts(24, 48, "redis"),
+                                               API_KEY))
+        await asyncio.sleep(0.5)
+        redis_server.stop()
+        during = await run_streams(service.target, prompts(8, 8, "redis-down"), API_KEY)
+        redis_server.start()
+        return [*await load, *during]
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        if redis_server.process is None:
+            redis_server.start()
+    assert tally(outcomes) == {"ok": 32}
+    no_leaks(outcomes)
+    # The index refills (replicas republish every second here), so prefix routing works
+    # again: a prompt's later copies land where the first one left its blocks.
+    prompt = "a prompt long enough to span several blocks " * 8
+    with LLMClient(service.target, api_key=API_KEY) as client:
+        first = client.generate(prompt, max_tokens=2)
+        time.sleep(2.0)
+        again = [client.generate(prompt, max_tokens=2) for _ in range(3)]
+    assert {reply.replica_id for reply in again} == {first.replica_id}
+    assert all(reply.usage.cached_tokens > 0 for reply in again)
+    service.wait_all_blocks_free()
+
+
+def test_cancel_storm_in_every_state(service: Service,
+                                     no_leaks: Callable[[list[Any]], None]) -> None:
+    """Hundreds of streams cancelled at random points: queued (more than the engines run at
+    once), prefilling, decoding, or refused before either."""
+    rng = random.Random(7)
+    specs = [StreamSpec(f"storm {i} " * rng.randrange(1, 40), 200,
+                        cancel_after_s=rng.uniform(0.0, 3.0)) for i in range(200)]
+    before = sum(s["num_aborted"] for s in service.llm_stats().values())
+    outcomes = streams(service, specs)
+    counts = tally(outcomes)
+    assert set(counts) <= {"cancelled", "ok", "RESOURCE_EXHAUSTED"}, counts
+    assert counts.get("cancelled", 0) > 100
+    no_leaks(outcomes)
+    stats = service.wait_all_blocks_free()
+    # Each cancelled stream that reached an engine was aborted there, none ran on.
+    assert sum(s["num_aborted"] for s in stats.values()) - before <= counts["cancelled"]
+    assert_served_normally(service)
+
+
+DISCONNECTING_CLIENT = """
+import sys, threading, time
+import grpc
+from serve.grpc_api import llm_pb2, llm_pb2_grpc
+
+channel = grpc.insecure_channel(sys.argv[1])
+stub = llm_pb2_grpc.LLMServiceStub(channel)
+metadata = [("authorization", "Bearer " + sys.argv[2])]
+started = threading.Barrier(21)
+
+def read(i):
+    request = llm_pb2.GenerateRequest(text=f"dropped {i}", sampling=llm_pb2.SamplingParams(
+        max_tokens=400, ignore_eos=True))
+    for n, _ in enumerate(stub.Generate(request, metadata=metadata)):
+        if n == 0:
+            started.wait()
+
+for i in range(20):
+    threading.Thread(target=read, args=(i,), daemon=True).start()
+started.wait()
+print("streaming", flush=True)
+time.sleep(60)
+"""
+
+
+def test_client_that_disappears_without_cancelling(service: Service) -> None:
+    """The client process dies (SIGKILL): its sockets drop with no cancel sent."""
+    process = subprocess.Popen([sys.executable, "-c", DISCONNECTING_CLIENT, service.target,
+                                API_KEY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "streaming"
+        assert sum(s["num_running"] for s in service.llm_stats().values()) > 0
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    dropped = time.monotonic()
+    service.wait_all_blocks_free(timeout_s=20)
+    assert time.monotonic() - dropped < 20
+    assert_served_normally(service)
+
+
+def test_prompts_at_the_context_limit_mixed_with_short_ones(
+        service: Service, no_leaks: Callable[[list[Any]], None]) -> None:
+    limit = CONTEXT - 1  # the Ingress keeps one position for the answer
+    specs = ([StreamSpec(list(range(10, 10 + limit)), 1)] * 4
+             + [StreamSpec(list(range(10, 10 + limit + 1)), 1)] * 4
+             + prompts(16, 16, "short"))
+    outcomes = streams(service, specs)
+    assert [o.status for o in outcomes[:4]] == ["ok"] * 4
+    assert [o.status for o in outcomes[4:8]] == ["INVALID_ARGUMENT"] * 4
+    assert all(f"the limit is {limit}" in o.details for o in outcomes[4:8])
+    assert [o.tokens for o in outcomes[8:]] == [16] * 16
+    no_leaks(outcomes)
+    service.wait_all_blocks_free()
+
+
+def test_a_burst_of_four_times_the_capacity(service: Service,
+                                            no_leaks: Callable[[list[Any]], None]) -> None:
+    capacity = 2 * (MAX_NUM_SEQS + MAX_WAITING)
+    outcomes = streams(service, prompts(4 * capacity, 24, "burst"))
+    counts = tally(outcomes)
+    assert set(counts) <= {"ok", "RESOURCE_EXHAUSTED"}, counts
+    assert counts.get("ok", 0) >= capacity // 2
+    refused = [o for o in outcomes if o.status == "RESOURCE_EXHAUSTED"]
+    assert refused and all("retry later" in o.details for o in refused)
+    # Refusals come at once, not after the queued requests were served.
+    served = [o.ended - o.started for o in outcomes if o.status == "ok"]
+    assert percentile([o.ended - o.started for o in refused], 0.5) < \
+        0.5 * percentile(served, 0.5)
+    assert all(o.tokens == 24 for o in outcomes if o.status == "ok")
+    no_leaks(outcomes)
+    service.wait_all_blocks_free()
+
+
+def kill_under_load(service: Service, deployment: str
+                    ) -> tuple[list[Outcome], float, list[Outcome]]:
+    """32 streams; one replica of ``deployment`` killed 1.5 s in; then 16 new requests."""
+    import ray
+
+    async def scenario() -> tuple[list[Outcome], float, list[Outcome]]:
+        load = asyncio.create_task(run_streams(service.target, prompts(32, 120, deployment),
+                                               API_KEY))
+        await asyncio.sleep(1.5)
+        victim = next(iter(service.replica_actors(deployment).values()))
+        ray.kill(victim, no_restart=True)
+        killed = time.monotonic()
+        outcomes = await load
+        after = await run_streams(service.target, prompts(16, 8, "after"), API_KEY)
+        return outcomes, killed, after
+
+    return asyncio.run(scenario())
+
+
+def check_recovered(service: Service, deployment: str, after: list[Outcome]) -> None:
+    assert tally(after) == {"ok": 16}  # new requests find the survivor (the SDK retries)
+    wait_until(lambda: len(service.replica_actors(deployment)) == 2, 120,
+               f"Serve replacing the killed {deployment} replica")
+    service.wait_all_blocks_free()
+    assert_served_normally(service)
+
+
+def test_an_llm_server_replica_killed_under_load(service: Service,
+                                                 no_leaks: Callable[[list[Any]], None]
+                                                 ) -> None:
+    outcomes, killed, after = kill_under_load(service, "LLMServer")
+    counts = tally(outcomes)
+    # The survivor may be full for a moment: RESOURCE_EXHAUSTED is a clean answer too.
+    assert set(counts) <= {"ok", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, counts
+    assert counts.get("UNAVAILABLE", 0) > 0
+    failed = [o for o in outcomes if o.status == "UNAVAILABLE"]
+    assert max(o.ended for o in failed) - killed < 5.0
+    assert all("retry" in o.details for o in failed)
+    assert all(o.tokens == 120 for o in outcomes if o.status == "ok")
+    no_leaks(outcomes)
+    check_recovered(service, "LLMServer", after)
+
+
+def test_an_ingress_replica_killed_under_load(service: Service,
+                                              no_leaks: Callable[[list[Any]], None]) -> None:
+    outcomes, killed, after = kill_under_load(service, "Ingress")
+    counts = tally(outcomes)
+    assert set(counts) <= {"ok", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, counts
+    failed = [o for o in outcomes if o.status == "UNAVAILABLE"]
+    assert not failed or max(o.ended for o in failed) - killed < 5.0
+    no_leaks(outcomes)
+    check_recovered(service, "Ingress", after)
