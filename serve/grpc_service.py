@@ -17,6 +17,7 @@ proxy process.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -99,16 +100,49 @@ class _SanitizingContext:
 
 def _sanitizing(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behaviour):
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async for item in behaviour(request, _SanitizingContext(context)):
-                yield item
-
-        return stream
+        return _pumped(behaviour)
 
     async def unary(request: Any, context: Any) -> Any:
         return await behaviour(request, _SanitizingContext(context))
 
     return unary
+
+
+_END = object()
+
+
+def _pumped(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    """A streaming behaviour run by a task of its own that feeds a queue.
+
+    Serve's proxy cancels the call to the Ingress only when a cancellation reaches it while
+    it awaits the next message; one that lands while grpc is sending the previous message
+    closes its generator at a ``yield`` instead, and the Ingress call (and the engine
+    request behind it) runs on to its end. Pumped, Serve's generator always waits on the
+    next message, and the RPC's end cancels the pump there, so every cancel propagates.
+    """
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in behaviour(request, _SanitizingContext(context)):
+                    items.put_nowait(item)
+            finally:
+                items.put_nowait(_END)
+
+        task = asyncio.ensure_future(pump())
+        add_done_callback = getattr(context, "add_done_callback", None)
+        if add_done_callback is not None:  # the RPC ended (cancelled, deadline, done)
+            add_done_callback(lambda _: task.cancel())
+        try:
+            while (item := await items.get()) is not _END:
+                yield item
+            await task  # its exception, if any, is grpc's to report
+        finally:
+            task.cancel()
+
+    return stream
 
 
 def _sanitizing_handler(handler: Any) -> Any:
