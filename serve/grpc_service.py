@@ -53,8 +53,8 @@ class MalformedRequest:
 
 
 def _tolerant(method: str, decode: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    message_type = getattr(getattr(decode, "__self__", None), "__name__", None) or \
-        getattr(decode, "__qualname__", "message").split(".")[0]
+    # The generated decoders are ``<Message>.FromString``.
+    message_type = getattr(decode, "__qualname__", "message").split(".")[0]
 
     def decode_or_mark(data: bytes) -> Any:
         assert decode is not None

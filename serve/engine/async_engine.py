@@ -10,7 +10,8 @@ cancelled meanwhile (its future is then skipped, and an add that nobody waits fo
 is aborted), and an exception in a command is logged and survived: only a failed step marks
 the engine dead. Stats for metrics, routing and autoscaling are published by the loop into
 a snapshot that readers take without waiting, so a long step delays nothing but itself.
-The loop's heartbeat (``progress``) tells the health check whether it is serving.
+The loop's heartbeat (when its current step started) tells the health check whether it is
+serving.
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:
 class Heartbeat:
     """What the loop is doing: ``step_started`` is set while a step runs."""
 
-    beat: float = field(default_factory=time.monotonic)
     step_started: float | None = None
 
     def stalled_for(self, now: float | None = None) -> float:
@@ -209,7 +209,6 @@ class AsyncLLMEngine:
         self._fail_streams(EngineDeadError("the engine shut down"))
 
     def _publish(self) -> None:
-        self.heartbeat.beat = time.monotonic()
         try:
             self.stats = self.engine.stats()
         except Exception:  # stats are advisory; never let them stop the loop
