@@ -78,14 +78,23 @@ def sanitized(code: grpc.StatusCode | None, details: str) -> tuple[grpc.StatusCo
 
 
 class _SanitizingContext:
-    """The servicer context, with set_code/set_details passing through ``sanitized``."""
+    """The servicer context, with set_code/set_details passing through ``sanitized``.
+
+    The peer is read once, up front: a pumped behaviour (below) may still be finishing
+    (Serve's proxy writes its access log there) after grpc has released the RPC's core
+    call, and grpc's ``peer()`` then dereferences a null call and kills the process.
+    """
 
     def __init__(self, context: Any) -> None:
         self._context = context
         self._code: grpc.StatusCode | None = None
+        self._peer: str = context.peer()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    def peer(self) -> str:
+        return self._peer
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
@@ -132,15 +141,28 @@ def _pumped(behaviour: Callable[..., Any]) -> Callable[..., Any]:
                 items.put_nowait(_END)
 
         task = asyncio.ensure_future(pump())
+        # Read its outcome even when no one is left to await it, so that a failure after
+        # the RPC ended does not log "exception was never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        stopped = False
+
+        def stop(*_: Any) -> None:
+            # Once only: a second cancel would cut short the behaviour's own clean-up
+            # (Serve's proxy cancels the Ingress call and logs the request there).
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                task.cancel()
+
         add_done_callback = getattr(context, "add_done_callback", None)
         if add_done_callback is not None:  # the RPC ended (cancelled, deadline, done)
-            add_done_callback(lambda _: task.cancel())
+            add_done_callback(stop)
         try:
             while (item := await items.get()) is not _END:
                 yield item
             await task  # its exception, if any, is grpc's to report
         finally:
-            task.cancel()
+            stop()
 
     return stream
 
