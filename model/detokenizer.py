@@ -14,13 +14,51 @@ holding back while the text ends with U+FFFD (an incomplete character).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from model.tokenizer_protocol import Tokenizer
 
 _REPLACEMENT_CHAR = "\ufffd"
 # 16 bytes = at least four characters: valid text still streams, in bursts.
 _MAX_HELD_BYTE_PIECES = 16
+
+
+class DecodeCache:
+    """What one tokenizer says about single tokens, shared by every detokenizer on it: the
+    text of a one-token window (the usual anchor after each emit) and the byte pieces. Both
+    depend on the token alone."""
+
+    _shared: weakref.WeakKeyDictionary[Any, DecodeCache] = weakref.WeakKeyDictionary()
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[tuple[int, bool], str] = {}
+        # SentencePiece byte fallback writes a raw byte as "<0xNN>"; the whole vocabulary
+        # is read once (tens of milliseconds for 32K pieces).
+        pieces = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
+        self.byte_pieces = frozenset(
+            i for i, piece in enumerate(pieces)
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"))
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> DecodeCache:
+        try:
+            cache = cls._shared.get(tokenizer)
+        except TypeError:  # a tokenizer that cannot be weakly referenced: its own cache
+            return cls(tokenizer)
+        if cache is None:
+            cache = cls._shared[tokenizer] = cls(tokenizer)
+        return cache
+
+    def text(self, token_id: int, skip_special_tokens: bool) -> str:
+        key = (token_id, skip_special_tokens)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = self.tokenizer.decode(
+                [token_id], skip_special_tokens=skip_special_tokens)
+        return text
 
 
 @dataclass
@@ -58,6 +96,7 @@ class IncrementalDetokenizer:
 
     tokenizer: Tokenizer
     skip_special_tokens: bool = True
+    cache: DecodeCache | None = field(default=None, repr=False)
     _window_ids: list[int] = field(default_factory=list, init=False, repr=False)
     _read_offset: int = field(default=0, init=False, repr=False)
     _prefix_text: str = field(default="", init=False, repr=False)
@@ -93,10 +132,16 @@ class IncrementalDetokenizer:
         self._prefix_text = self._decode(self._window_ids)
         return new_text
 
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            self.cache = DecodeCache.of(self.tokenizer)
+        self._byte_pieces = self.cache.byte_pieces
+
     def _is_byte_piece(self, token_id: int) -> bool:
-        # SentencePiece byte fallback writes a raw byte as "<0xNN>".
-        piece = self.tokenizer.convert_ids_to_tokens([token_id])[0]
-        return len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+        return token_id in self._byte_pieces
 
     def _decode(self, ids: list[int]) -> str:
+        if len(ids) == 1:
+            assert self.cache is not None
+            return self.cache.text(ids[0], self.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)

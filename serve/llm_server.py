@@ -30,19 +30,18 @@ METRICS_PERIOD_S = 5.0
 
 def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChunk:
     completion = output.outputs[0]
-    new = len(completion.delta_token_ids)
     chunk = ServeChunk(
         request_id=request_id,
         text=completion.delta_text,
-        token_ids=list(completion.delta_token_ids),
-        logprobs=list(completion.logprobs[-new:]) if completion.logprobs and new else [],
+        token_ids=completion.delta_token_ids,
+        logprobs=completion.delta_logprobs,
         finish_reason=completion.finish_reason,
         stop_reason=completion.stop_reason,
         replica_id=replica_id,
     )
     if output.finished:
         chunk.prompt_tokens = len(output.prompt_token_ids)
-        chunk.completion_tokens = len(completion.token_ids)
+        chunk.completion_tokens = completion.num_tokens
         chunk.cached_tokens = output.num_cached_tokens
         if completion.finish_reason == "error":
             chunk.error_code, chunk.error = Status.UNAVAILABLE, REPLICA_FAILED
@@ -77,7 +76,7 @@ class _Timing:
             reason = "error" if self.failed else "abort"
         if output is None:
             return RequestRecord(reason)
-        generated = len(output.outputs[0].token_ids)
+        generated = output.outputs[0].num_tokens
         ttft = None if self.first is None else self.first - self.start
         tpot = (self.last - self.first) / (generated - 1) \
             if self.first is not None and generated > 1 else None

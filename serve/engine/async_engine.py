@@ -12,6 +12,12 @@ the engine dead. Stats for metrics, routing and autoscaling are published by the
 a snapshot that readers take without waiting, so a long step delays nothing but itself.
 The loop's heartbeat (when its current step started) tells the health check whether it is
 serving.
+
+The model runs on a step thread of its own (``ThreadedStepRunner``): the loop launches step
+N+1 as soon as step N's tokens are collected, then renders step N (detokenization, stop
+strings, outputs) and hands the outputs over while the model computes. Outputs reach each
+caller's event loop in one hand-off per step, and a caller that fell behind reads every
+output waiting for it as one (``coalesce``), so a slow consumer costs fewer, fuller items.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.sampling_params import SamplingParams
-from serve.engine.engine import EngineStats, LLMEngine
+from serve.engine.engine import EngineStats, Launched, LLMEngine
 from serve.engine.errors import EngineDeadError
-from serve.engine.request import RequestOutput
+from serve.engine.request import RequestOutput, coalesce
+from serve.engine.step_runner import ThreadedStepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +111,7 @@ class AsyncLLMEngine:
         self._stopped = threading.Event()
         self.heartbeat = Heartbeat()
         self.stats: EngineStats = engine.stats()
+        engine.step_runner = ThreadedStepRunner(engine.executor)
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
 
@@ -140,13 +148,21 @@ class AsyncLLMEngine:
         try:
             await self._wait(asyncio.wrap_future(command.accepted))
             while True:
-                item = await self._wait(stream.get())
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+                # Everything waiting is read at once; only an empty queue is waited on.
+                items = [stream.get_nowait() if not stream.empty()
+                         else await self._wait(stream.get())]
+                while not stream.empty():
+                    items.append(stream.get_nowait())
+                outputs = [item for item in items if not isinstance(item, BaseException)]
+                if outputs:
+                    output = coalesce(outputs)
+                    finished = output.finished
+                    yield output
+                    if finished:
+                        return
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
         finally:
             if not finished:
                 # Also after a refused add: the abort of an unknown id does nothing, and
@@ -185,6 +201,7 @@ class AsyncLLMEngine:
         self._stopped.set()
         self._inbox.put(None)
         self._thread.join(timeout_s)
+        self.engine.step_runner.shutdown()
         self.engine.executor.shutdown()
 
     def _post(self, command: _Add | _Abort | _Call) -> None:
@@ -195,18 +212,54 @@ class AsyncLLMEngine:
     # ---- the engine thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        launched: Launched | None = None
         while not self._stopped.is_set():
-            if not self.engine.has_unfinished_requests():
+            if launched is None and not self.engine.has_unfinished_requests():
                 self._publish()
                 # Idle: sleep until a command arrives (shutdown posts None to wake us).
                 command = self._inbox.get()
                 if command is None:
                     break
                 self._handle(command)
-            self._drain_inbox()
-            if not self._stopped.is_set() and self.engine.has_unfinished_requests():
-                self._step()
+            launched = self._iterate(launched)
         self._fail_streams(EngineDeadError("the engine shut down"))
+
+    def _iterate(self, launched: Launched | None) -> Launched | None:
+        """Collect step N, admit commands, launch step N+1, then render step N while it runs."""
+        engine = self.engine
+
+        def between() -> None:
+            self._drain_inbox()
+            # From here until the next collect, the heartbeat times the launched step.
+            self.heartbeat.step_started = None if self._stopped.is_set() else time.monotonic()
+
+        try:
+            following, outputs = engine.advance(launched, between)
+        except Exception as exc:  # a bug in the engine: fail loudly, free everything
+            logger.exception("engine step failed")
+            engine.dead_reason = f"engine step failed: {type(exc).__name__}"
+            following, outputs = None, engine.fail_all(engine.dead_reason)
+        if following is None:
+            self.heartbeat.step_started = None
+        self._publish()
+        self._deliver(outputs)
+        return following
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand the outputs to their callers: one call per event loop, not per output."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        streams = self._streams
+        for output in outputs:
+            target = streams.get(output.request_id)
+            if target is None:
+                continue
+            if output.finished:
+                del streams[output.request_id]
+            loop, stream = target
+            batches.setdefault(loop, []).append((stream, output))
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop already closed
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _publish(self) -> None:
         try:
@@ -245,30 +298,13 @@ class AsyncLLMEngine:
         # A caller that already gave up is skipped: no request is added for it.
         _settle(command.accepted, add)
 
-    def _step(self) -> None:
-        self._publish()  # the requests just admitted show while the step runs
-        self.heartbeat.step_started = time.monotonic()
-        try:
-            outputs = self.engine.step()
-        except Exception as exc:  # the model failed: fail loudly, free everything
-            logger.exception("engine step failed")
-            self.engine.dead_reason = f"engine step failed: {type(exc).__name__}"
-            outputs = self.engine.fail_all(self.engine.dead_reason)
-        finally:
-            self.heartbeat.step_started = None
-        self._publish()
-        for output in outputs:
-            target = self._streams.get(output.request_id)
-            if target is None:
-                continue
-            if output.finished:
-                del self._streams[output.request_id]
-            loop, stream = target
-            with contextlib.suppress(RuntimeError):  # the caller's loop already closed
-                loop.call_soon_threadsafe(stream.put_nowait, output)
-
     def _fail_streams(self, error: BaseException) -> None:
         for loop, stream in self._streams.values():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stream.put_nowait, error)
         self._streams.clear()
+
+
+def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for stream, item in batch:
+        stream.put_nowait(item)

@@ -1,19 +1,28 @@
 """The engine: admit requests, schedule a step, run it, turn tokens into outputs.
 
 Synchronous and single-threaded by design (the asyncio front in ``async_engine.py`` runs
-it in one thread); ``step`` is the unit of progress and every request ends in exactly one
-finished output, whether it stopped, hit its length, was aborted or failed.
+it in one thread); every request ends in exactly one finished output, whether it stopped,
+hit its length, was aborted or failed.
+
+A step has three parts. ``launch`` schedules and hands the step to the step runner;
+``collect`` waits for its tokens and applies them (token-level stops free blocks here, so
+the next schedule sees them); ``render`` turns them into text and outputs (detokenization,
+stop strings). ``step`` runs the three in series. The service's loop instead launches step
+N+1 between collecting and rendering step N, so rendering overlaps the model's work; a stop
+string found while rendering ends the request one step later than in series (its extra
+token is dropped), which changes no output.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from model.config import ModelConfig
 from model.sampling_params import SamplingParams
-from model.step import NewRequest, ScheduledSequence, StepInput
+from model.step import NewRequest, ScheduledSequence, StepInput, StepOutput
 from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
@@ -23,6 +32,7 @@ from serve.engine.kv_events import KVEventSink
 from serve.engine.output import OutputProcessor, finished_status
 from serve.engine.request import Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
+from serve.engine.step_runner import InlineStepRunner, StepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,18 @@ class EngineStats:
     # Requests aborted since the engine started (caller left, cancelled): a cancellation
     # that never reached the engine shows as a request that ran to its end instead.
     num_aborted: int = 0
+
+
+@dataclass(slots=True)
+class Launched:
+    """A step handed to the step runner, not collected yet."""
+
+    scheduled: SchedulerOutput
+    result: concurrent.futures.Future[StepOutput]
+
+
+# A collected token waiting to be rendered: the request, the token, its logprobs entry.
+Collected = tuple[Request, int, dict[int, float] | None]
 
 
 class LLMEngine:
@@ -59,6 +81,7 @@ class LLMEngine:
         self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None \
             else model_config.eos_token_id
         self.requests: dict[str, Request] = {}
+        self.step_runner: StepRunner = InlineStepRunner(executor)
         self._new: list[NewRequest] = []
         self._finished_ids: list[str] = []
         self._pending_outputs: list[RequestOutput] = []
@@ -146,27 +169,78 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        outputs, self._pending_outputs = self._pending_outputs, []
+        """One step in series: launch, collect, render."""
+        launched = self.launch()
+        return self.render(self.collect(launched) if launched is not None else [])
+
+    def advance(self, launched: Launched | None,
+                between: Callable[[], None] | None = None) -> tuple[Launched | None,
+                                                                    list[RequestOutput]]:
+        """The overlapped step: collect ``launched`` (step N), run ``between`` (admit new
+        requests, aborts), launch step N+1, and render step N while N+1 runs. Returns step
+        N+1 (collect it next) and step N's outputs."""
+        collected = [] if launched is None else self.collect(launched)
+        if between is not None:
+            between()
+        following = self.launch() if self.has_unfinished_requests() else None
+        return following, self.render(collected)
+
+    def launch(self) -> Launched | None:
+        """Schedule the next step and hand it to the step runner (None: nothing to run)."""
+        if self.dead_reason is not None:
+            return None
         scheduled = self.scheduler.schedule()
         if not scheduled.scheduled:
-            self._publish_events()
-            return outputs
-        step = self._build_step(scheduled)
+            return None
+        return Launched(scheduled, self.step_runner.submit(self._build_step(scheduled)))
+
+    def collect(self, launched: Launched) -> list[Collected]:
+        """Wait for the step's tokens and apply them; a failed step fails every request."""
         try:
-            result = self.executor.execute(step)
+            result = launched.result.result()
         except Exception as exc:
             logger.exception("model execution failed")
             self.dead_reason = f"model execution failed: {exc}"
-            return outputs + self.fail_all(self.dead_reason)
+            self._pending_outputs.extend(self.fail_all(self.dead_reason))
+            return []
         sampled = {token.request_id: token for token in result.sampled}
-        for item in scheduled.scheduled:
+        collected: list[Collected] = []
+        max_model_len = self.max_model_len
+        for item in launched.scheduled.scheduled:
             request = item.request
             request.num_computed_tokens += item.num_new_tokens
             token = sampled.get(request.request_id)
             if token is None or request.is_finished:
+                continue  # mid-prefill, or finished since the launch (its token is dropped)
+            token_id = token.token_id
+            request.append_token(token_id)
+            entry = None
+            if request.logprobs is not None and token.logprob is not None:
+                entry = dict(token.top_logprobs or [])
+                entry[token_id] = token.logprob
+                request.logprobs.append(entry)
+                request.cumulative_logprob = (request.cumulative_logprob or 0.0) + token.logprob
+            status = finished_status(request, token_id, max_model_len)
+            if status is not None:
+                self._finish(request, status)
+            collected.append((request, token_id, entry))
+        return collected
+
+    def render(self, collected: list[Collected]) -> list[RequestOutput]:
+        """Text and outputs for collected tokens, after the outputs made in between (aborts,
+        failures); a request whose finished output was already made is skipped."""
+        outputs, self._pending_outputs = self._pending_outputs, []
+        make_output, add_tokens = self.outputs.make_output, self.outputs.add_tokens
+        for request, token_id, entry in collected:
+            if request.final_emitted:
                 continue
-            outputs.append(self._process_token(request, token.token_id, token.logprob,
-                                               token.top_logprobs))
+            delta_text, stopped = add_tokens(request, [token_id])
+            if stopped and not request.is_finished:
+                self._finish(request, RequestStatus.FINISHED_STOPPED)
+            elif stopped:
+                request.status = RequestStatus.FINISHED_STOPPED
+            outputs.append(make_output(request, [token_id], delta_text,
+                                       [entry] if entry is not None else None))
         self._publish_events()
         return outputs
 
@@ -185,24 +259,6 @@ class LLMEngine:
         step = StepInput(sequences, self._new, self._finished_ids)
         self._new, self._finished_ids = [], []
         return step
-
-    def _process_token(self, request: Request, token_id: int, logprob: float | None,
-                       top_logprobs: list[tuple[int, float]] | None) -> RequestOutput:
-        request.append_token(token_id)
-        if request.logprobs is not None and logprob is not None:
-            entry = dict(top_logprobs or [])
-            entry[token_id] = logprob
-            request.logprobs.append(entry)
-            request.cumulative_logprob = (request.cumulative_logprob or 0.0) + logprob
-        status = finished_status(request, token_id, self.max_model_len)
-        if status is not None:
-            request.status = status
-        if self.outputs.add_text(request, [token_id]):
-            status = RequestStatus.FINISHED_STOPPED
-            request.status = status
-        if status is not None:
-            self._finish(request, status)
-        return self.outputs.make_output(request, [token_id])
 
     def _publish_events(self) -> None:
         events = self.block_manager.drain_events()

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from model.detokenizer import IncrementalDetokenizer
+from model.detokenizer import DecodeCache, IncrementalDetokenizer
 from model.tokenizer import Tokenizer
 from serve.engine.request import CompletionOutput, Request, RequestOutput, RequestStatus
-from serve.engine.stop import check_stop
+from serve.engine.stop import StopStrings
+
+
+class _TextState:
+    """What the processor keeps per live request.
+
+    Only the tail of the text is ever searched: ``held`` is text made but not yet streamed
+    (it might begin a stop string), ``tail`` the last ``max_len - 1`` streamed characters
+    (with ``include_stop_str_in_output`` a stop string may begin in text already streamed).
+    The streamed pieces are joined once, for the finished output.
+    """
+
+    __slots__ = ("detokenizer", "stops", "pieces", "tail", "held")
+
+    def __init__(self, detokenizer: IncrementalDetokenizer, stops: StopStrings | None) -> None:
+        self.detokenizer = detokenizer
+        self.stops = stops
+        self.pieces: list[str] = []
+        self.tail = ""
+        self.held = ""
 
 
 class OutputProcessor:
@@ -17,67 +36,74 @@ class OutputProcessor:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._decode_cache = DecodeCache.of(tokenizer)
+        self._states: dict[str, _TextState] = {}
 
-    def add_text(self, request: Request, new_token_ids: list[int]) -> bool:
-        """Extend ``request.text``; returns True if a stop string finished the request."""
-        detokenizer = self._detokenizers.get(request.request_id)
-        if detokenizer is None:
-            detokenizer = IncrementalDetokenizer(self.tokenizer,
-                                                 request.params.skip_special_tokens)
-            self._detokenizers[request.request_id] = detokenizer
-        checked_len = len(request.text)
-        for token_id in new_token_ids:
-            request.text += detokenizer.step(token_id)
+    def _state(self, request: Request) -> _TextState:
+        state = self._states.get(request.request_id)
+        if state is None:
+            params = request.params
+            stops = StopStrings(params.stop, params.include_stop_str_in_output) \
+                if params.stop else None
+            state = _TextState(IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens,
+                                                      cache=self._decode_cache), stops)
+            self._states[request.request_id] = state
+        return state
+
+    def add_tokens(self, request: Request, new_token_ids: list[int]) -> tuple[str, bool]:
+        """The text the tokens add that may be streamed now, and whether a stop string
+        finished the request (its ``stop_reason`` is then set)."""
+        state = self._state(request)
+        detokenizer = state.detokenizer
+        new = "".join([detokenizer.step(token_id) for token_id in new_token_ids])
         if request.is_finished:
-            request.text += detokenizer.flush()
-        stop = request.params.stop
-        if not stop:
-            return False
-        result = check_stop(request.text, checked_len, stop,
-                            request.params.include_stop_str_in_output)
-        if result.match is None:
-            return False
-        request.text = request.text[:result.match.truncate_to]
-        request.stop_reason = result.match.stop_str
-        return True
+            new += detokenizer.flush()
+        stops = state.stops
+        if stops is None:
+            if new:
+                state.pieces.append(new)
+            return new, False
+        tail = state.tail
+        window = tail + state.held + new
+        base = len(tail)
+        result = stops.check(window, base + len(state.held))
+        stopped = result.match is not None
+        if stopped:
+            assert result.match is not None
+            delta, state.held = window[base:max(base, result.match.truncate_to)], ""
+            request.stop_reason = result.match.stop_str
+        elif request.is_finished:  # held-back text was no stop string after all
+            delta, state.held = window[base:], ""
+        else:
+            emit = max(base, result.emit_len)
+            delta, state.held = window[base:emit], window[emit:]
+        if delta:
+            state.pieces.append(delta)
+            state.tail = (tail + delta)[-(stops.max_len - 1):] if stops.max_len > 1 else ""
+        return delta, stopped
 
-    def emit_len(self, request: Request) -> int:
-        """How much of ``request.text`` may be streamed now."""
-        if request.is_finished or not request.params.stop:
-            return len(request.text)
-        return check_stop(request.text, len(request.text), request.params.stop,
-                          request.params.include_stop_str_in_output).emit_len
-
-    def make_output(self, request: Request, new_token_ids: list[int]) -> RequestOutput:
-        emit_len = max(self.emit_len(request), request.emitted_text_len)
-        delta_text = request.text[request.emitted_text_len:emit_len]
-        request.emitted_text_len = emit_len
-        if request.is_finished:
-            self._detokenizers.pop(request.request_id, None)
-        completion = CompletionOutput(
-            index=0,
-            text=request.text[:emit_len],
-            token_ids=list(request.output_token_ids),
-            cumulative_logprob=request.cumulative_logprob,
-            logprobs=request.logprobs,
-            finish_reason=request.finish_reason,
-            stop_reason=request.stop_reason,
-            delta_text=delta_text,
-            delta_token_ids=new_token_ids,
-        )
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt=request.prompt,
-            prompt_token_ids=request.prompt_token_ids,
-            outputs=[completion],
-            finished=request.is_finished,
-            num_cached_tokens=max(request.num_cached_tokens, 0),
-            error=request.error,
-        )
+    def make_output(self, request: Request, new_token_ids: list[int], delta_text: str = "",
+                    delta_logprobs: list[dict[int, float]] | None = None) -> RequestOutput:
+        finished = request.is_finished
+        if finished:
+            state = self._states.pop(request.request_id, None)
+            request.final_emitted = True
+            completion = CompletionOutput(
+                0, "".join(state.pieces) if state is not None else "",
+                list(request.output_token_ids), request.cumulative_logprob,
+                list(request.logprobs) if request.logprobs is not None else None,
+                request.finish_reason, request.stop_reason, delta_text, new_token_ids,
+                delta_logprobs or [], request.num_output_tokens)
+        else:
+            completion = CompletionOutput(
+                0, "", [], request.cumulative_logprob, None, None, None, delta_text,
+                new_token_ids, delta_logprobs or [], request.num_output_tokens)
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
+                             [completion], finished, max(request.num_cached_tokens, 0),
+                             request.error)
 
     def forget(self, request_id: str) -> None:
-        self._detokenizers.pop(request_id, None)
+        self._states.pop(request_id, None)
 
 
 def finished_status(request: Request, token_id: int, max_model_len: int) -> RequestStatus | None:

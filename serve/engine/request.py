@@ -51,11 +51,9 @@ class Request:
     error: str | None = None
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float | None = None
-    # Streaming text state, owned by the output processor.
-    text: str = ""
-    emitted_text_len: int = 0
     stop_reason: str | int | None = None
-    first_token_time: float | None = None
+    # Set once the finished output has been made: nothing more is emitted for the request.
+    final_emitted: bool = False
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -88,9 +86,16 @@ class Request:
         self.output_token_ids.append(token_id)
 
 
-@dataclass
+@dataclass(slots=True)
 class CompletionOutput:
-    """vLLM's shape: cumulative text and tokens, plus what is new since the last output."""
+    """What one output adds to a generation, and on the finished output the whole of it.
+
+    Streamed outputs are deltas: ``delta_text``, ``delta_token_ids`` and ``delta_logprobs``
+    are new since the previous output of the request. ``text``, ``token_ids`` and
+    ``logprobs`` are the whole generation on the finished output and empty before it, so
+    streaming never copies a growing list (which would cost O(n^2) over a generation).
+    ``num_tokens`` counts the tokens generated so far on every output.
+    """
 
     index: int
     text: str
@@ -101,9 +106,11 @@ class CompletionOutput:
     stop_reason: str | int | None = None
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
+    delta_logprobs: list[dict[int, float]] = field(default_factory=list)
+    num_tokens: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -116,5 +123,25 @@ class RequestOutput:
     @property
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": len(self.prompt_token_ids),
-                "completion_tokens": len(self.outputs[0].token_ids),
+                "completion_tokens": self.outputs[0].num_tokens,
                 "cached_tokens": self.num_cached_tokens}
+
+
+def coalesce(outputs: list[RequestOutput]) -> RequestOutput:
+    """One output in place of consecutive outputs of one request: their deltas joined, the
+    rest from the last (a consumer that fell behind reads everything new at once)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    last = outputs[-1]
+    merged = last.outputs[0]
+    parts = [output.outputs[0] for output in outputs]
+    combined = CompletionOutput(
+        index=merged.index, text=merged.text, token_ids=merged.token_ids,
+        cumulative_logprob=merged.cumulative_logprob, logprobs=merged.logprobs,
+        finish_reason=merged.finish_reason, stop_reason=merged.stop_reason,
+        delta_text="".join(part.delta_text for part in parts),
+        delta_token_ids=[t for part in parts for t in part.delta_token_ids],
+        delta_logprobs=[e for part in parts for e in part.delta_logprobs],
+        num_tokens=merged.num_tokens)
+    return RequestOutput(last.request_id, last.prompt, last.prompt_token_ids, [combined],
+                         last.finished, last.num_cached_tokens, last.error)

@@ -96,3 +96,42 @@ def check_stop(
         # A partial stop string will be shown either way (whole, or as ordinary text).
         return StopCheck(None, len(text))
     return StopCheck(None, len(text) - num_held_back_chars(text, stop))
+
+
+class StopStrings:
+    """One request's stop strings, prepared once so that the per-token check is cheap.
+
+    ``check`` answers exactly as :func:`check_stop`. The hold-back search looks up the
+    text's suffixes in the set of proper prefixes of the stop strings, after a one-character
+    test that rejects most texts at once (their last character ends no prefix).
+    """
+
+    __slots__ = ("stop", "include_stop_str_in_output", "max_len", "_prefixes", "_lengths",
+                 "_last_chars")
+
+    def __init__(self, stop: Sequence[str], include_stop_str_in_output: bool) -> None:
+        self.stop = tuple(stop)
+        self.include_stop_str_in_output = include_stop_str_in_output
+        self.max_len = max(len(s) for s in self.stop)
+        self._prefixes = {s[:k] for s in self.stop for k in range(1, len(s))}
+        self._lengths = sorted({len(p) for p in self._prefixes}, reverse=True)
+        self._last_chars = {p[-1] for p in self._prefixes}
+
+    def held_back(self, text: str) -> int:
+        """``num_held_back_chars(text, stop)``."""
+        if not text or text[-1] not in self._last_chars:
+            return 0
+        size = len(text)
+        for length in self._lengths:
+            if length <= size and text[size - length:] in self._prefixes:
+                return length
+        return 0
+
+    def check(self, text: str, checked_len: int) -> StopCheck:
+        """``check_stop(text, checked_len, stop, include_stop_str_in_output)``."""
+        match = find_stop(text, checked_len, self.stop, self.include_stop_str_in_output)
+        if match is not None:
+            return StopCheck(match, match.truncate_to)
+        if self.include_stop_str_in_output:
+            return StopCheck(None, len(text))
+        return StopCheck(None, len(text) - self.held_back(text))

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from serve.engine.stop import StopMatch, check_stop, find_stop, num_held_back_chars
+from serve.engine.stop import (
+    StopMatch,
+    StopStrings,
+    check_stop,
+    find_stop,
+    num_held_back_chars,
+)
 
 
 def stream(chunks: list[str], stop: list[str], include: bool) -> tuple[list[str], str, str | None]:
@@ -122,3 +128,18 @@ def test_stop_import_is_light() -> None:
     repo_root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=False)
     assert result.returncode == 0
+
+
+def test_prepared_stop_strings_answer_as_check_stop() -> None:
+    """The engine's per-request matcher against the reference functions, on random text over
+    a small alphabet (so that prefixes and matches are frequent)."""
+    rng = random.Random(3)
+    for _ in range(3000):
+        stop = ["".join(rng.choice("ab#\n") for _ in range(rng.randint(1, 5)))
+                for _ in range(rng.randint(1, 4))]
+        include = rng.random() < 0.3
+        text = "".join(rng.choice("ab#\nc") for _ in range(rng.randint(0, 12)))
+        checked = rng.randint(0, len(text))
+        prepared = StopStrings(stop, include)
+        assert prepared.held_back(text) == num_held_back_chars(text, stop), (text, stop)
+        assert prepared.check(text, checked) == check_stop(text, checked, stop, include)

@@ -381,6 +381,10 @@ class _RecordingTokenizer:
     def special_token_ids(self) -> frozenset[int]:
         return self.inner.special_token_ids
 
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self.decode_sizes.append(len(ids))
         return self.inner.decode(ids, skip_special_tokens)
