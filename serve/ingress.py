@@ -22,6 +22,7 @@ from ray import serve
 
 from model.sampling_params import SamplingParams
 from model.tokenizer import load_model_tokenizer
+from serve.chunk_stream import CoalescingStream
 from serve.config import IngressSettings
 from serve.convert import chat_messages, check_identifier, response, sampling_params
 from serve.engine.block_hash import hash_prompt_blocks
@@ -187,7 +188,7 @@ class Ingress:
             serve_request = build()
         except Exception as exc:
             self._fail_with(grpc_context, exc, "new")
-        stream = self.llm.generate.remote(serve_request)
+        stream = self.open_stream(serve_request)
         finished = False
         try:
             async for chunk in stream:
@@ -207,6 +208,10 @@ class Ingress:
             # the request and frees its blocks at once.
             if not finished:
                 stream.cancel()
+
+    def open_stream(self, serve_request: ServeRequest) -> CoalescingStream:
+        """The LLMServer's chunks for the request, coalesced (serve/chunk_stream.py)."""
+        return CoalescingStream(self.llm.generate.remote(serve_request))
 
     def _fail_with(self, grpc_context: Any, exc: BaseException, request_id: str) -> NoReturn:
         """Any exception as a clean status: bad input (ValueError from the tokenizer or the

@@ -6,7 +6,7 @@ Plain dataclasses: Serve pickles them between processes, and the router reads
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model.sampling_params import SamplingParams
 from serve.engine.errors import Status
@@ -49,3 +49,16 @@ class ServeChunk:
     # stack trace, so the replica reports the status and the Ingress maps it (serve/errors.py).
     error_code: Status | None = None
     error: str | None = None
+
+
+def merge_chunks(chunks: list[ServeChunk]) -> ServeChunk:
+    """One chunk in place of consecutive chunks of one request: new output joined, the
+    finish, usage and error from the last (only the last of a request carries them)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    last = chunks[-1]
+    return replace(
+        last,
+        text="".join(chunk.text for chunk in chunks),
+        token_ids=[t for chunk in chunks for t in chunk.token_ids],
+        logprobs=[entry for chunk in chunks for entry in chunk.logprobs])

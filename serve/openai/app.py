@@ -127,7 +127,7 @@ class OpenAIServer:
             id=f"{id_prefix}-{serve_request.request_id}", created=int(time.time()),
             model=self.model_name, tokenizer=ingress.tokenizer, top_logprobs=params.logprobs,
             include_usage=body.include_usage)
-        stream = ingress.llm.generate.remote(serve_request)
+        stream = ingress.open_stream(serve_request)
         if body.stream:
             return await self._stream(stream, output_format)
         return await self._complete(stream, output_format)
