@@ -21,11 +21,14 @@ from serve.errors import REPLICA_FAILED, ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ServeChunk, ServeRequest
+from serve.stream_pacing import StreamPacer
 
 logger = logging.getLogger(__name__)
 
 # How often the engine gauges (KV blocks, queue) are refreshed; Ray exports every ~10 s.
 METRICS_PERIOD_S = 5.0
+# Items per second one replica's streams send in all (serve/stream_pacing.py).
+DEFAULT_STREAM_ITEMS_PER_S = 1000.0
 
 
 def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChunk:
@@ -87,7 +90,8 @@ class _Timing:
 @serve.deployment(name="LLMServer")
 class LLMServer:
     def __init__(self, config: EngineConfig, redis_url: str | None = None,
-                 index_resync_s: float = 30.0) -> None:
+                 index_resync_s: float = 30.0,
+                 stream_items_per_s: float = DEFAULT_STREAM_ITEMS_PER_S) -> None:
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (tests, benchmarks)
@@ -97,6 +101,7 @@ class LLMServer:
         self.engine = AsyncLLMEngine(engine)
         self.model_config = engine.model_config
         self.index_resync_s = index_resync_s
+        self.pacer = StreamPacer(stream_items_per_s)
         self._resync_task: asyncio.Task[None] | None = None
         self.metrics = ServerMetrics()
         self._metrics_task: asyncio.Task[None] | None = None
@@ -146,6 +151,8 @@ class LLMServer:
         """Stream the request's output; errors arrive as a final chunk with error_code."""
         self._ensure_resync()
         timing = _Timing(time.perf_counter())
+        pacer = self.pacer
+        pacer.live += 1
         try:
             stream = self.engine.generate(request.prompt_token_ids, request.params,
                                           request.request_id, request.cache_salt)
@@ -155,6 +162,8 @@ class LLMServer:
                     logger.error("request %s (client id %r) failed: %s", request.request_id,
                                  request.client_request_id, output.error)
                 yield _chunk(output, request.echo_id, self.replica_id)
+                if not output.finished:
+                    await pacer.after_item(time.monotonic())
         except ServiceError as exc:
             timing.failed = True
             yield self._error(request, exc.status, exc.message)
@@ -168,6 +177,7 @@ class LLMServer:
             yield self._error(request, Status.INTERNAL,
                               f"internal error (request {request.request_id}); retry later")
         finally:
+            pacer.live -= 1
             # Also reached when the caller leaves early (GeneratorExit): an abort.
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())

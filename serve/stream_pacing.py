@@ -1,0 +1,36 @@
+"""How often one LLMServer replica's streams may each send an item.
+
+Every item a stream yields crosses Serve twice (LLMServer to Ingress, Ingress to the proxy)
+and becomes a protobuf message or an SSE event: the path's cost is per item, not per token.
+So the replica spends a budget of items per second across its live streams: after an item,
+a stream waits until ``live streams / items_per_s`` has passed since its last one, and the
+engine's outputs that arrive meanwhile go out together (``AsyncLLMEngine.generate``
+coalesces them). A lone stream, or a few, waits well under a millisecond, so each token
+goes out as it is made; hundreds share the budget, several tokens per item. The first item
+of a stream never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+# Below this a wait is not worth a timer: the item goes out at once.
+_MIN_WAIT_S = 0.001
+
+
+@dataclass
+class StreamPacer:
+    items_per_s: float
+    live: int = 0
+
+    def gap_s(self) -> float:
+        """The time one stream leaves between two of its items now."""
+        return self.live / self.items_per_s
+
+    async def after_item(self, sent_at: float) -> None:
+        """Wait out the stream's gap since its item at ``sent_at`` (``time.monotonic``)."""
+        wait = sent_at + self.gap_s() - time.monotonic()
+        if wait >= _MIN_WAIT_S:
+            await asyncio.sleep(wait)
