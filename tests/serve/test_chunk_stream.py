@@ -1,0 +1,84 @@
+"""CoalescingStream's merging rules, on an asyncio source the test paces. The Serve stream
+it wraps in the service is covered by the service tests (tests/serve/test_service.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from serve.chunk_stream import CoalescingStream
+from serve.errors import Status
+from serve.protocol import ServeChunk
+
+
+class Source:
+    """Yields what the test puts in, when it puts it; records a cancel."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[ServeChunk | BaseException | None] = asyncio.Queue()
+        self.cancelled = False
+
+    async def _gen(self) -> AsyncIterator[ServeChunk]:
+        while (item := await self.items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[ServeChunk]:
+        return self._gen()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def chunk(text: str, token: int, **kwargs: object) -> ServeChunk:
+    return ServeChunk("r", text=text, token_ids=[token], **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_reader_that_keeps_up_gets_each_chunk_and_one_that_lags_gets_them_joined() -> None:
+    async def run() -> None:
+        source = Source()
+        stream = CoalescingStream(source)
+        source.items.put_nowait(chunk("a", 1))
+        first = await stream.__anext__()
+        assert (first.text, first.token_ids) == ("a", [1])
+        for i, text in enumerate("bcd"):
+            source.items.put_nowait(chunk(text, 2 + i))
+        source.items.put_nowait(chunk("e", 5, finish_reason="stop", completion_tokens=5))
+        source.items.put_nowait(None)
+        await asyncio.sleep(0.05)  # the read-ahead takes all of them
+        merged = await stream.__anext__()
+        assert (merged.text, merged.token_ids) == ("bcde", [2, 3, 4, 5])
+        assert (merged.finish_reason, merged.completion_tokens) == ("stop", 5)
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+
+    asyncio.run(run())
+
+
+def test_output_before_an_error_or_a_failure_comes_first() -> None:
+    async def run() -> None:
+        source = Source()
+        stream = CoalescingStream(source)
+        source.items.put_nowait(chunk("a", 1))
+        source.items.put_nowait(ServeChunk("r", finish_reason="error",
+                                           error_code=Status.UNAVAILABLE, error="gone"))
+        source.items.put_nowait(None)
+        await asyncio.sleep(0.05)
+        assert (await stream.__anext__()).text == "a"
+        assert (await stream.__anext__()).error_code == Status.UNAVAILABLE
+
+        failing = Source()
+        stream = CoalescingStream(failing)
+        failing.items.put_nowait(chunk("x", 9))
+        failing.items.put_nowait(RuntimeError("replica died"))
+        await asyncio.sleep(0.05)
+        assert (await stream.__anext__()).token_ids == [9]
+        with pytest.raises(RuntimeError, match="replica died"):
+            await stream.__anext__()
+        stream.cancel()
+        assert failing.cancelled
+
+    asyncio.run(run())
