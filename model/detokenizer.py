@@ -31,34 +31,50 @@ class DecodeCache:
     depend on the token alone."""
 
     _shared: weakref.WeakKeyDictionary[Any, DecodeCache] = weakref.WeakKeyDictionary()
+    # Tokenizers that cannot be weak keys; each cache holds its tokenizer, so an id is
+    # never reused while its entry lives.
+    _by_identity: dict[int, DecodeCache] = {}
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._texts: dict[tuple[int, bool], str] = {}
+        self._texts: dict[bool, list[str]] = {}
         # SentencePiece byte fallback writes a raw byte as "<0xNN>"; the whole vocabulary
         # is read once (tens of milliseconds for 32K pieces).
         pieces = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
         self.byte_pieces = frozenset(
             i for i, piece in enumerate(pieces)
             if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"))
+        # Tokens whose text after another such token is known without a decode (the
+        # tokenizer says which; None: always decode).
+        appended = getattr(tokenizer, "appended_texts", None)
+        self.appended: dict[int, str] | None = appended() if appended is not None else None
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> DecodeCache:
         try:
             cache = cls._shared.get(tokenizer)
-        except TypeError:  # a tokenizer that cannot be weakly referenced: its own cache
-            return cls(tokenizer)
+        except TypeError:  # unhashable or not weakly referenceable: kept by identity
+            cache = cls._by_identity.get(id(tokenizer))
+            if cache is None or cache.tokenizer is not tokenizer:
+                cache = cls._by_identity[id(tokenizer)] = cls(tokenizer)
+            return cache
         if cache is None:
             cache = cls._shared[tokenizer] = cls(tokenizer)
         return cache
 
     def text(self, token_id: int, skip_special_tokens: bool) -> str:
-        key = (token_id, skip_special_tokens)
-        text = self._texts.get(key)
-        if text is None:
-            text = self._texts[key] = self.tokenizer.decode(
-                [token_id], skip_special_tokens=skip_special_tokens)
-        return text
+        texts = self._texts.get(skip_special_tokens)
+        if texts is None:
+            # Every token's text at once, the first time (a tenth of a second for 32K
+            # pieces, once per tokenizer and process): sampled tokens are spread over the
+            # vocabulary, so a cache filled one miss at a time would miss for long.
+            decode = self.tokenizer.decode
+            texts = self._texts[skip_special_tokens] = [
+                decode([i], skip_special_tokens=skip_special_tokens)
+                for i in range(self.tokenizer.vocab_size)]
+        if 0 <= token_id < len(texts):
+            return texts[token_id]
+        return self.tokenizer.decode([token_id], skip_special_tokens=skip_special_tokens)
 
 
 @dataclass
@@ -105,6 +121,15 @@ class IncrementalDetokenizer:
         """Add one generated token; return the new text that is safe to emit (maybe "")."""
         if self.skip_special_tokens and token_id in self.tokenizer.special_token_ids:
             return ""
+        appended = self._appended
+        if (appended is not None and self._read_offset == 1 and len(self._window_ids) == 1
+                and token_id in appended and self._window_ids[0] in appended):
+            # Anchor and token are both plain pieces: the token adds its own text. The
+            # state moves on exactly as below: the token becomes the one-token anchor.
+            assert self.cache is not None
+            self._window_ids[0] = token_id
+            self._prefix_text = self.cache.text(token_id, self.skip_special_tokens)
+            return appended[token_id]
         self._window_ids.append(token_id)
         num_pending = len(self._window_ids) - self._read_offset
         if self._is_byte_piece(token_id) and num_pending < _MAX_HELD_BYTE_PIECES:
@@ -136,6 +161,7 @@ class IncrementalDetokenizer:
         if self.cache is None:
             self.cache = DecodeCache.of(self.tokenizer)
         self._byte_pieces = self.cache.byte_pieces
+        self._appended = self.cache.appended
 
     def _is_byte_piece(self, token_id: int) -> bool:
         return token_id in self._byte_pieces

@@ -124,5 +124,17 @@ class MistralV1Tokenizer:
             eos_token_id=self.eos_token_id,
         )
 
+    def appended_texts(self) -> dict[int, str]:
+        """The text each normal piece adds when decoded after another normal piece.
+
+        SentencePiece decodes normal pieces by joining their surfaces ("▁" read as a space)
+        and dropping one leading space of the whole text, so after a normal piece a normal
+        piece adds exactly its surface. Control, unknown, unused and byte pieces are left out:
+        they decode by other rules. The incremental detokenizer uses this to skip a decode.
+        """
+        sp = self.sp
+        return {i: sp.IdToPiece(i).replace("\u2581", " ") for i in range(self.vocab_size)
+                if not (sp.IsControl(i) or sp.IsUnknown(i) or sp.IsUnused(i) or sp.IsByte(i))}
+
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]

@@ -103,7 +103,7 @@ def build_app(config: ServeConfig) -> Any:
     engine = config.engine_config(model)
     max_model_len = engine.max_model_len or model_config.max_position_embeddings
     llm = LLMServer.options(**llm_server_options(config)).bind(
-        engine, config.redis_url, config.index_resync_s)
+        engine, config.redis_url, config.index_resync_s, config.stream_items_per_s)
     settings = IngressSettings(
         model_name=config.model or "SmolLM2-135M-Instruct",
         tokenizer=engine.tokenizer or engine.model, block_size=engine.block_size,

@@ -82,6 +82,9 @@ class ServeConfig(StrictModel):
     prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
+    # Stream items per second one LLMServer replica sends in all; streams share it, so
+    # under load each item carries several tokens (serve/stream_pacing.py).
+    stream_items_per_s: float = Field(1000.0, gt=0)
     # Requests one LLMServer replica holds at once; None: what its engine can hold, running
     # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps
     # concurrency below the engine's.

@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 # How often the engine gauges (KV blocks, queue) are refreshed; Ray exports every ~10 s.
 METRICS_PERIOD_S = 5.0
-# Items per second one replica's streams send in all (serve/stream_pacing.py).
-DEFAULT_STREAM_ITEMS_PER_S = 1000.0
 
 
 def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChunk:
@@ -91,7 +89,7 @@ class _Timing:
 class LLMServer:
     def __init__(self, config: EngineConfig, redis_url: str | None = None,
                  index_resync_s: float = 30.0,
-                 stream_items_per_s: float = DEFAULT_STREAM_ITEMS_PER_S) -> None:
+                 stream_items_per_s: float = 1000.0) -> None:
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (tests, benchmarks)

@@ -149,6 +149,13 @@ class BlockManager:
         if num_tokens > len(token_ids):
             raise ValueError(f"{num_tokens} tokens to hold but only {len(token_ids)} known")
         state = self._requests.get(request_id)
+        if (state is not None and not new_computed_blocks
+                and (cache_salt is None or cache_salt == state.cache_salt)
+                and num_tokens <= len(state.block_ids) * self.block_size
+                and (not self.enable_prefix_caching
+                     or num_tokens // self.block_size <= state.num_cached_blocks)):
+            # Most decode steps: the owned blocks hold the token and fill no new block.
+            return list(state.block_ids)
         salt = self._salt(state, cache_salt)
         hits = [self.pool.blocks[block_id] for block_id in new_computed_blocks or ()]
         if hits:

@@ -16,6 +16,10 @@ from typing import Protocol
 from model.step import StepInput, StepOutput
 from serve.engine.executor import Executor
 
+# How long submit waits for the step thread to pick a step up (it normally takes tens of
+# microseconds; the bound only keeps a stuck thread from stalling the engine loop).
+_START_WAIT_S = 0.05
+
 
 class StepRunner(Protocol):
     def submit(self, step: StepInput) -> concurrent.futures.Future[StepOutput]: ...
@@ -47,6 +51,7 @@ class ThreadedStepRunner:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        self._started = threading.Event()
         self._queue: queue.SimpleQueue[tuple[StepInput, concurrent.futures.Future[StepOutput]]
                                        | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine-step", daemon=True)
@@ -56,13 +61,19 @@ class ThreadedStepRunner:
         future: concurrent.futures.Future[StepOutput] = concurrent.futures.Future()
         if not self._thread.is_alive():
             future.set_exception(RuntimeError("the step thread has stopped"))
-        else:
-            self._queue.put((step, future))
+            return future
+        self._started.clear()
+        self._queue.put((step, future))
+        # Let the step thread take the GIL and start the model's work before this thread
+        # goes on to CPU-bound rendering: otherwise it would get the GIL only at the next
+        # forced switch (5 ms by default), and the step would start that much later.
+        self._started.wait(_START_WAIT_S)
         return future
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             step, future = item
+            self._started.set()
             try:
                 future.set_result(self.executor.execute(step))
             except BaseException as exc:  # reported to the engine, which fails the step

@@ -16,7 +16,7 @@ import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from model.detokenizer import IncrementalDetokenizer
+from model.detokenizer import DecodeCache, IncrementalDetokenizer
 from model.tokenizer import (
     HFTokenizer,
     MistralV1Tokenizer,
@@ -370,7 +370,7 @@ def test_flush_emits_an_unfinished_character(mistral: MistralV1Tokenizer) -> Non
     assert "".join(pieces) == mistral.decode(ids)
 
 
-@dataclass
+@dataclass(eq=False)
 class _RecordingTokenizer:
     """Delegates to a tokenizer and records how many ids each decode call gets."""
 
@@ -401,6 +401,10 @@ def test_detokenizer_decodes_a_bounded_window(mistral: MistralV1Tokenizer, text:
     recording = _RecordingTokenizer(mistral)
     ids = mistral.encode(text, add_bos=False)
     assert len(ids) > 2000
+    # The tokenizer's one-token texts are read once, for every stream on it: not counted.
+    cache = DecodeCache.of(recording)  # type: ignore[arg-type]
+    cache.text(0, True), cache.text(0, False)
+    recording.decode_sizes.clear()
     pieces = _stream(recording, ids)  # type: ignore[arg-type]
     assert "".join(pieces) == mistral.decode(ids) == text
     # Anchor and pending tokens are each at most 16 held byte pieces + 3 bytes of a character;
@@ -615,3 +619,16 @@ def test_load_tokenizer_newer_mistral_tokenizer_file_is_rejected(tmp_path: Path,
     (tmp_path / name).write_text("")
     with pytest.raises(ValueError, match=f"{name}: a newer Mistral tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_appended_texts_are_what_sentencepiece_decodes(mistral: MistralV1Tokenizer) -> None:
+    """Every entry, after anchors with and without a leading space (and a bare space piece),
+    equals the text a real decode of the two-token window adds."""
+    table = mistral.appended_texts()
+    assert len(table) > 31000
+    anchors = [mistral.sp.piece_to_id(piece) for piece in ("▁the", "ing", "▁▁", "▁", ".")]
+    assert all(anchor in table for anchor in anchors)
+    for anchor in anchors:
+        before = mistral.decode([anchor])
+        for token_id, text in table.items():
+            assert mistral.decode([anchor, token_id])[len(before):] == text, (anchor, token_id)

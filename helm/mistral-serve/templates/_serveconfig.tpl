@@ -21,6 +21,7 @@ password reach ServeConfig.from_env through env vars on the Ray pods (templates/
       "limits" $limits
       "session_ttl_s" $v.sessionTtlSeconds
       "index_resync_s" $v.indexResyncSeconds
+      "stream_items_per_s" $v.streamItemsPerSecond
       "prefix_routing" $v.prefixRouting
       "max_ongoing_requests" $v.maxOngoingRequests
       "engine" ($v.engine | default (dict)) }}
