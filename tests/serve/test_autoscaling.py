@@ -2,13 +2,15 @@
 
 The unit tests build Ray's own ``AutoscalingContext`` and call the policy the way Serve's
 controller does (deserialized from the ``AutoscalingPolicy`` config, instantiated with its
-kwargs). The end-to-end test deploys the app with min 1 / max 2 replicas, keeps one replica's
-engine queue full and waits for Serve to start the second.
+kwargs). The end-to-end test deploys the app with min 1 / max 2 replicas at the engine's default
+``max_num_seqs``, sends more gRPC streams than one engine runs at once through the proxy and
+the Ingress, and waits for Serve to start the second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from serve.autoscaling import (
     autoscaling_policy_config,
 )
 from serve.config import AutoscalingBounds, ServeConfig
+from serve.engine.config import EngineOptions
 
 DEPLOYMENT = DeploymentID(name="LLMServer", app_name="mistral")
 
@@ -212,13 +215,17 @@ def test_app_wires_the_policy_only_when_autoscaling_is_configured() -> None:
     assert config.downscale_delay_s == AutoscalingConfig().downscale_delay_s  # Serve's default
 
 
-# --- end to end: a full queue on one replica starts the second ---------------------------
+# --- end to end: gRPC clients past one replica's capacity start the second -----------------
 
 APP = "autoscaling-test"
+# The engine's default max_num_seqs: more streams than it runs at once must wait in its
+# queue, and only the real path (gRPC proxy, Ingress, LLMServer) carries them there.
+MAX_NUM_SEQS = EngineOptions().max_num_seqs
+STREAMS = MAX_NUM_SEQS + 24
 
 
 @pytest.fixture(scope="module")
-def autoscaling_app(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[str]:
+def autoscaling_app(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[ServeConfig]:
     from ray import serve
 
     from serve.app import start_serve
@@ -227,17 +234,16 @@ def autoscaling_app(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[str]:
     config = ServeConfig(
         model=str(tiny_checkpoint), ingress_replicas=1, accelerator="cpu", app_name=APP,
         grpc_port=free_port(), http_port=free_port(),
-        # One sequence at a time: every other request waits in the engine's queue.
-        engine={"num_kv_blocks": 256, "dtype": "float32", "max_num_seqs": 1},
-        # Ongoing requests alone would never ask for 2 here (target 64): the queue must.
+        engine={"num_kv_blocks": 4096, "dtype": "float32"},
+        # Ongoing requests alone would ask for 2 only past 2 x 512: the engine queue must.
         autoscaling=AutoscalingBounds(min_replicas=1, max_replicas=2,
-                                      target_ongoing_requests=64, target_waiting_requests=2,
+                                      target_ongoing_requests=512, target_waiting_requests=2,
                                       upscale_delay_s=0, downscale_delay_s=600),
     )
     start_serve(config)
     try:
         _wait_running(APP, timeout_s=60)
-        yield APP
+        yield config
     finally:
         serve.shutdown()
 
@@ -262,56 +268,68 @@ def _llm_replicas(app: str) -> int:
     return sum(deployment.replica_states.values())
 
 
-class _Load:
-    """Keeps ``concurrency`` long requests in flight on the deployment until stopped."""
+class _GrpcLoad:
+    """``streams`` long generations over gRPC with the SDK, each restarted when it ends,
+    until stopped (then cancelled)."""
 
-    def __init__(self, app: str, concurrency: int) -> None:
-        self.app = app
-        self.concurrency = concurrency
-        self.stopped = threading.Event()
-        self.finished = 0
+    def __init__(self, target: str, streams: int) -> None:
+        self.target = target
+        self.streams = streams
+        self.tokens = 0
+        self.errors: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    async def _one(self, handle: Any, worker: int) -> None:
-        from model.sampling_params import SamplingParams
-        from serve.protocol import ServeRequest
+    async def _one(self, client: Any, worker: int) -> None:
+        from serve.client import ClientError
 
-        params = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
-        turn = 0
-        while not self.stopped.is_set():
-            request = ServeRequest(f"load-{worker}-{turn}", [5 + worker, 7, 11, 13], params)
-            async for _ in handle.generate.remote(request):
-                if self.stopped.is_set():
-                    break
-            self.finished += 1
-            turn += 1
+        while True:
+            try:
+                async for chunk in client.stream_generate(
+                        [5 + worker % 50, 7, 11, 13], max_tokens=400, ignore_eos=True,
+                        temperature=0.0, timeout_s=120):
+                    self.tokens += len(chunk.token_ids)
+            except ClientError as error:
+                self.errors.append(f"{error.code.name}: {error.details}")
+                await asyncio.sleep(0.5)
 
     async def _run(self) -> None:
-        from ray import serve
+        from serve.client import AsyncLLMClient
 
-        handle = serve.get_deployment_handle("LLMServer", self.app).options(stream=True)
-        await asyncio.gather(*(self._one(handle, i) for i in range(self.concurrency)))
+        self.loop = asyncio.get_running_loop()
+        client = AsyncLLMClient(self.target, timeout_s=120)
+        try:
+            self.task = asyncio.ensure_future(
+                asyncio.gather(*(self._one(client, i) for i in range(self.streams))))
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        finally:
+            await client.close()
 
-    def __enter__(self) -> _Load:
+    def __enter__(self) -> _GrpcLoad:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
         self.thread.join(timeout=30)
 
 
-def test_full_queue_on_one_replica_starts_a_second(autoscaling_app: str) -> None:
-    assert _llm_replicas(autoscaling_app) == 1
+def test_grpc_load_past_one_replica_starts_a_second(autoscaling_app: ServeConfig) -> None:
+    app = autoscaling_app.app_name
+    assert _llm_replicas(app) == 1
     seen = []
-    with _Load(autoscaling_app, concurrency=8) as load:
+    with _GrpcLoad(f"localhost:{autoscaling_app.grpc_port}", STREAMS) as load:
         # Replicas report engine stats every few seconds and push them every 10 s.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            seen.append(_llm_replicas(autoscaling_app))
+            seen.append(_llm_replicas(app))
             if seen[-1] >= 2:
                 break
             time.sleep(0.5)
-    assert seen[-1] == 2, f"no scale-up within 60 s: replicas seen {sorted(set(seen))}"
+    assert seen[-1] == 2, (f"no scale-up within 90 s: replicas seen {sorted(set(seen))}; "
+                           f"{load.tokens} tokens streamed; errors {load.errors[:3]}")
     assert max(seen) <= 2  # never past max_replicas
-    assert load.finished > 0
+    assert load.tokens > 0
