@@ -107,7 +107,7 @@ class StopStrings:
     """
 
     __slots__ = ("stop", "include_stop_str_in_output", "max_len", "_prefixes", "_lengths",
-                 "_last_chars")
+                 "_last_chars", "_ends")
 
     def __init__(self, stop: Sequence[str], include_stop_str_in_output: bool) -> None:
         self.stop = tuple(stop)
@@ -116,6 +116,7 @@ class StopStrings:
         self._prefixes = {s[:k] for s in self.stop for k in range(1, len(s))}
         self._lengths = sorted({len(p) for p in self._prefixes}, reverse=True)
         self._last_chars = {p[-1] for p in self._prefixes}
+        self._ends = frozenset(s[-1] for s in self.stop if s)
 
     def held_back(self, text: str) -> int:
         """``num_held_back_chars(text, stop)``."""
@@ -129,7 +130,10 @@ class StopStrings:
 
     def check(self, text: str, checked_len: int) -> StopCheck:
         """``check_stop(text, checked_len, stop, include_stop_str_in_output)``."""
-        match = find_stop(text, checked_len, self.stop, self.include_stop_str_in_output)
+        # A new match ends in the unchecked text, so that text holds a stop string's last
+        # character; most tokens hold none, and the search is skipped.
+        match = None if self._ends.isdisjoint(text[checked_len:]) else find_stop(
+            text, checked_len, self.stop, self.include_stop_str_in_output)
         if match is not None:
             return StopCheck(match, match.truncate_to)
         if self.include_stop_str_in_output:
