@@ -31,39 +31,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.prefix_routing import free_port  # noqa: E402
+from serve.replicas import call_replicas, running_replica_actors  # noqa: E402
 
 API_KEY = "bench-chaos"
 APP = "mistral"
 
 
 def replicas(deployment: str) -> dict[str, Any]:
-    import ray
-    from ray.serve._private.constants import SERVE_NAMESPACE
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()
-    found = details["applications"][APP]["deployments"][deployment]["replicas"]
-    return {r["replica_id"]: ray.get_actor(r["actor_name"], namespace=SERVE_NAMESPACE)
-            for r in found if getattr(r["state"], "value", r["state"]) == "RUNNING"}
+    return running_replica_actors(APP, deployment)
 
 
 def leaked_blocks(timeout_s: float = 30.0) -> int:
     """KV blocks still allocated once every replica is idle (or at the timeout)."""
-    import pickle
-    import uuid
-
-    import ray
-    from ray.serve._private.common import RequestMetadata
-
     deadline = time.monotonic() + timeout_s
     while True:
-        stats = []
-        for actor in replicas("LLMServer").values():
-            metadata = RequestMetadata(request_id=uuid.uuid4().hex,
-                                       internal_request_id=uuid.uuid4().hex,
-                                       call_method="stats", app_name=APP)
-            stats.append(ray.get(actor.handle_request.remote(pickle.dumps(metadata)),
-                                 timeout=30))
+        stats = call_replicas(APP, "LLMServer", "stats").values()
         held = sum(s["num_kv_blocks"] - s["num_free_kv_blocks"] for s in stats)
         if held == 0 or time.monotonic() > deadline:
             return held

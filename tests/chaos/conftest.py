@@ -26,22 +26,9 @@ class Service:
 
     def replica_actors(self, deployment: str) -> dict[str, Any]:
         """The RUNNING replicas of ``deployment``: replica id -> actor handle."""
-        import ray
-        from ray.serve._private.constants import SERVE_NAMESPACE
-        from ray.serve.context import _get_global_client
+        from serve.replicas import running_replica_actors
 
-        details = _get_global_client().get_serve_details()
-        replicas = details["applications"][APP]["deployments"][deployment]["replicas"]
-        actors = {}
-        for replica in replicas:
-            if getattr(replica["state"], "value", replica["state"]) != "RUNNING":
-                continue
-            try:
-                actors[replica["replica_id"]] = ray.get_actor(replica["actor_name"],
-                                                              namespace=SERVE_NAMESPACE)
-            except ValueError:  # died since the controller listed it
-                continue
-        return actors
+        return running_replica_actors(APP, deployment)
 
     def wait_all_blocks_free(self, timeout_s: float = 20.0) -> dict[str, dict]:
         """Every replica idle with every KV block free, or AssertionError with the stats."""

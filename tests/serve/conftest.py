@@ -175,31 +175,8 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 
 def call_each_replica(app: str, deployment: str, method: str, *args: Any,
                       timeout_s: float = 30.0) -> dict[str, Any]:
-    """``method(*args)`` on every RUNNING replica of ``deployment``, keyed by replica id.
+    """``method(*args)`` on every RUNNING replica of ``deployment``, keyed by replica id
+    (through each replica actor: a handle's router may never reach some replica)."""
+    from serve.replicas import call_replicas
 
-    A deployment handle goes through the request router, which picks the replica itself
-    (power of two choices keeps taking the idle one), so "call until every replica has
-    answered" may never reach some replica. Instead this lists the replicas the Serve
-    controller runs and calls each replica actor directly, with the same request metadata
-    Serve's own handle sends (``RequestMetadata`` is Serve-private: pinned with ray).
-    """
-    import pickle
-
-    import ray
-    from ray.serve._private.common import RequestMetadata
-    from ray.serve._private.constants import SERVE_NAMESPACE
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()
-    replicas = details["applications"][app]["deployments"][deployment]["replicas"]
-    pending = {}
-    for replica in replicas:
-        if getattr(replica["state"], "value", replica["state"]) != "RUNNING":
-            continue  # starting or stopping: not serving, and maybe without an actor yet
-        actor = ray.get_actor(replica["actor_name"], namespace=SERVE_NAMESPACE)
-        metadata = RequestMetadata(request_id=uuid.uuid4().hex,
-                                   internal_request_id=uuid.uuid4().hex,
-                                   call_method=method, app_name=app)
-        pending[replica["replica_id"]] = actor.handle_request.remote(pickle.dumps(metadata),
-                                                                     *args)
-    return {replica_id: ray.get(ref, timeout=timeout_s) for replica_id, ref in pending.items()}
+    return call_replicas(app, deployment, method, *args, timeout_s=timeout_s)
