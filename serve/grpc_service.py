@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from serve.client.load import LEAK_PATTERN
 from serve.errors import REPLICA_FAILED
 from serve.grpc_api import llm_pb2_grpc
+from serve.grpc_api.leaks import LEAK_PATTERN
 
 logger = logging.getLogger(__name__)
 

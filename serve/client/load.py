@@ -13,7 +13,6 @@ Imports only the SDK, grpc and the standard library.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,12 +21,7 @@ from typing import Any
 
 from serve.client.aio import AsyncLLMClient
 from serve.client.types import ClientError
-
-# What no client-visible message may hold: a traceback, a file path, a pid, an address, an
-# actor id, a memory address or a class repr/name.
-LEAK_PATTERN = re.compile(
-    r"Traceback|File \"|\.py\b|site-packages|pid=|\bip=|actor_id|\bactor [0-9a-f]{8,}"
-    r"|0x[0-9a-fA-F]{6,}|\b\d{1,3}(\.\d{1,3}){3}\b|<class|\b[A-Z][A-Za-z]+(Error|Exception)\b")
+from serve.grpc_api.leaks import LEAK_PATTERN
 
 
 @dataclass(frozen=True)
