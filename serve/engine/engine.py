@@ -30,7 +30,7 @@ from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooL
 from serve.engine.executor import Executor
 from serve.engine.kv_events import KVEventSink
 from serve.engine.output import OutputProcessor, finished_status
-from serve.engine.request import Request, RequestOutput, RequestStatus
+from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
 from serve.engine.step_runner import InlineStepRunner, StepRunner
 
@@ -210,7 +210,7 @@ class LLMEngine:
             request = item.request
             request.num_computed_tokens += item.num_new_tokens
             token = sampled.get(request.request_id)
-            if token is None or request.is_finished:
+            if token is None or request.status in FINISHED:
                 continue  # mid-prefill, or finished since the launch (its token is dropped)
             token_id = token.token_id
             request.append_token(token_id)
@@ -253,9 +253,12 @@ class LLMEngine:
                                             request.params))
                 request.sent_to_runner = True
             start = request.num_computed_tokens
-            sequences.append(ScheduledSequence(
-                request.request_id, request.token_ids[start:start + item.num_new_tokens],
-                start, item.block_table, item.samples))
+            end = start + item.num_new_tokens
+            token_ids = request.token_ids
+            # Samples when the chunk reaches the last known token (ScheduledRequest.samples,
+            # inlined: this loop runs for every sequence of every step).
+            sequences.append(ScheduledSequence(request.request_id, token_ids[start:end], start,
+                                               item.block_table, end == len(token_ids)))
         step = StepInput(sequences, self._new, self._finished_ids)
         self._new, self._finished_ids = [], []
         return step

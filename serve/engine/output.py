@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from model.detokenizer import DecodeCache, IncrementalDetokenizer
 from model.tokenizer import Tokenizer
-from serve.engine.request import CompletionOutput, Request, RequestOutput, RequestStatus
+from serve.engine.request import (
+    FINISHED,
+    CompletionOutput,
+    Request,
+    RequestOutput,
+    RequestStatus,
+)
 from serve.engine.stop import StopStrings
 
 
@@ -53,10 +59,13 @@ class OutputProcessor:
     def add_tokens(self, request: Request, new_token_ids: list[int]) -> tuple[str, bool]:
         """The text the tokens add that may be streamed now, and whether a stop string
         finished the request (its ``stop_reason`` is then set)."""
-        state = self._state(request)
+        state = self._states.get(request.request_id) or self._state(request)
         detokenizer = state.detokenizer
-        new = "".join([detokenizer.step(token_id) for token_id in new_token_ids])
-        if request.is_finished:
+        if len(new_token_ids) == 1:  # every decode step
+            new = detokenizer.step(new_token_ids[0])
+        else:
+            new = "".join([detokenizer.step(token_id) for token_id in new_token_ids])
+        if request.status in FINISHED:
             new += detokenizer.flush()
         stops = state.stops
         if stops is None:
@@ -84,7 +93,7 @@ class OutputProcessor:
 
     def make_output(self, request: Request, new_token_ids: list[int], delta_text: str = "",
                     delta_logprobs: list[dict[int, float]] | None = None) -> RequestOutput:
-        finished = request.is_finished
+        finished = request.status in FINISHED
         if finished:
             state = self._states.pop(request.request_id, None)
             request.final_emitted = True
@@ -97,9 +106,10 @@ class OutputProcessor:
         else:
             completion = CompletionOutput(
                 0, "", [], request.cumulative_logprob, None, None, None, delta_text,
-                new_token_ids, delta_logprobs or [], request.num_output_tokens)
+                new_token_ids, delta_logprobs or [], len(request.output_token_ids))
+        cached = request.num_cached_tokens
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
-                             [completion], finished, max(request.num_cached_tokens, 0),
+                             [completion], finished, cached if cached > 0 else 0,
                              request.error)
 
     def forget(self, request_id: str) -> None:

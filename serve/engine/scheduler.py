@@ -64,10 +64,15 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         index = 0
+        allocate = self.block_manager.allocate_slots
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            table = self._allocate_or_preempt(request, num_new, out)
+            num_new = min(len(request.token_ids) - request.num_computed_tokens, budget)
+            # The common case first, one call; short of blocks, preempt and retry.
+            table = allocate(request.request_id, request.token_ids, request.num_computed_tokens,
+                             num_new)
+            if table is None:
+                table = self._allocate_or_preempt(request, num_new, out)
             if table is None:
                 break
             out.scheduled.append(ScheduledRequest(request, num_new, table))
