@@ -234,12 +234,13 @@ class LLMEngine:
         for request, token_id, entry in collected:
             if request.final_emitted:
                 continue
-            delta_text, stopped = add_tokens(request, [token_id])
+            new_token_ids = [token_id]
+            delta_text, stopped = add_tokens(request, new_token_ids)
             if stopped and not request.is_finished:
                 self._finish(request, RequestStatus.FINISHED_STOPPED)
             elif stopped:
                 request.status = RequestStatus.FINISHED_STOPPED
-            outputs.append(make_output(request, [token_id], delta_text,
+            outputs.append(make_output(request, new_token_ids, delta_text,
                                        [entry] if entry is not None else None))
         self._publish_events()
         return outputs
@@ -253,12 +254,9 @@ class LLMEngine:
                                             request.params))
                 request.sent_to_runner = True
             start = request.num_computed_tokens
-            end = start + item.num_new_tokens
-            token_ids = request.token_ids
-            # Samples when the chunk reaches the last known token (ScheduledRequest.samples,
-            # inlined: this loop runs for every sequence of every step).
-            sequences.append(ScheduledSequence(request.request_id, token_ids[start:end], start,
-                                               item.block_table, end == len(token_ids)))
+            sequences.append(ScheduledSequence(
+                request.request_id, request.token_ids[start:start + item.num_new_tokens],
+                start, item.block_table, item.samples))
         step = StepInput(sequences, self._new, self._finished_ids)
         self._new, self._finished_ids = [], []
         return step

@@ -112,9 +112,6 @@ class OutputProcessor:
                              [completion], finished, cached if cached > 0 else 0,
                              request.error)
 
-    def forget(self, request_id: str) -> None:
-        self._states.pop(request_id, None)
-
 
 def finished_status(request: Request, token_id: int, max_model_len: int) -> RequestStatus | None:
     """Token-level stop conditions, checked after each sampled token."""

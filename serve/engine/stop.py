@@ -16,7 +16,7 @@ the held-back text: it was not a stop string after all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -90,12 +90,20 @@ def check_stop(
       "ab###c" checked 4 -> "###" at 2              -> match, emit_len 2, output "ab"
     """
     match = find_stop(text, checked_len, stop, include_stop_str_in_output)
+    return _stop_check(text, match, include_stop_str_in_output,
+                       lambda: num_held_back_chars(text, stop))
+
+
+def _stop_check(text: str, match: StopMatch | None, include_stop_str_in_output: bool,
+                held_back: Callable[[], int]) -> StopCheck:
+    """What may be streamed, given the search's result; ``held_back`` is only called when
+    there is no match and the stop string would be cut."""
     if match is not None:
         return StopCheck(match, match.truncate_to)
     if include_stop_str_in_output:
         # A partial stop string will be shown either way (whole, or as ordinary text).
         return StopCheck(None, len(text))
-    return StopCheck(None, len(text) - num_held_back_chars(text, stop))
+    return StopCheck(None, len(text) - held_back())
 
 
 class StopStrings:
@@ -134,8 +142,5 @@ class StopStrings:
         # character; most tokens hold none, and the search is skipped.
         match = None if self._ends.isdisjoint(text[checked_len:]) else find_stop(
             text, checked_len, self.stop, self.include_stop_str_in_output)
-        if match is not None:
-            return StopCheck(match, match.truncate_to)
-        if self.include_stop_str_in_output:
-            return StopCheck(None, len(text))
-        return StopCheck(None, len(text) - self.held_back(text))
+        return _stop_check(text, match, self.include_stop_str_in_output,
+                           lambda: self.held_back(text))
