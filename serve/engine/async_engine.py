@@ -13,9 +13,10 @@ a snapshot that readers take without waiting, so a long step delays nothing but 
 The loop's heartbeat (when its current step started) tells the health check whether it is
 serving.
 
-The model runs on a step thread of its own (``ThreadedStepRunner``): the loop launches step
-N+1 as soon as step N's tokens are collected, then renders step N (detokenization, stop
-strings, outputs) and hands the outputs over while the model computes. Outputs reach each
+The model runs on a step thread of its own (``ThreadedStepRunner``): the loop schedules
+step N+1 and chains it behind step N before N has answered (``LLMEngine.advance``), then
+collects and renders step N (detokenization, stop strings, outputs) and hands the outputs
+over while the model computes N+1. Outputs reach each
 caller's event loop in one hand-off per step, and a caller that fell behind reads every
 output waiting for it as one (``coalesce``), so a slow consumer costs fewer, fuller items.
 """
@@ -225,7 +226,7 @@ class AsyncLLMEngine:
         self._fail_streams(EngineDeadError("the engine shut down"))
 
     def _iterate(self, launched: Launched | None) -> Launched | None:
-        """Collect step N, admit commands, launch step N+1, then render step N while it runs."""
+        """Admit commands, launch step N+1 behind step N, collect N, and render it while N+1 runs."""
         engine = self.engine
 
         def between() -> None:

@@ -134,20 +134,25 @@ class BlockManager:
         num_new_tokens: int,
         new_computed_blocks: list[int] | None = None,
         cache_salt: str | None = None,
+        num_pending_tokens: int = 0,
     ) -> list[int] | None:
         """Own enough blocks for ``num_computed_tokens + num_new_tokens`` tokens.
 
         ``token_ids`` are all the request's known tokens (prompt + generated so far);
         ``num_computed_tokens`` already have KV (including prefix-cache hits), and this step
         computes the next ``num_new_tokens``. ``new_computed_blocks`` are the hit ids from
-        ``get_computed_blocks``, only on the first call. Returns the full block table, or
-        None when the pool is short of blocks; then nothing has changed.
+        ``get_computed_blocks``, only on the first call. ``num_pending_tokens`` follow
+        ``token_ids`` but are not known yet (a step still running samples them): they get
+        slots, but a block is hashed and cached only once all its tokens are known, at a
+        later call. Returns the full block table, or None when the pool is short of blocks;
+        then nothing has changed.
         """
         num_tokens = num_computed_tokens + num_new_tokens
-        if num_computed_tokens < 0 or num_new_tokens < 0:
+        if num_computed_tokens < 0 or num_new_tokens < 0 or num_pending_tokens < 0:
             raise ValueError("token counts must be non-negative")
-        if num_tokens > len(token_ids):
-            raise ValueError(f"{num_tokens} tokens to hold but only {len(token_ids)} known")
+        if num_tokens > len(token_ids) + num_pending_tokens:
+            raise ValueError(f"{num_tokens} tokens to hold but only {len(token_ids)} known "
+                             f"and {num_pending_tokens} pending")
         state = self._requests.get(request_id)
         if (state is not None and not new_computed_blocks
                 and (cache_salt is None or cache_salt == state.cache_salt)
@@ -178,7 +183,8 @@ class BlockManager:
             new_blocks = self.pool.get_new_blocks(num_new_blocks)
             state.block_ids.extend(block.block_id for block in new_blocks)
         if self.enable_prefix_caching:
-            self._cache_full_blocks(state, token_ids, num_tokens // self.block_size)
+            self._cache_full_blocks(state, token_ids,
+                                    min(num_tokens, len(token_ids)) // self.block_size)
         return list(state.block_ids)
 
     def _check_hits(

@@ -5,12 +5,19 @@ it in one thread); every request ends in exactly one finished output, whether it
 hit its length, was aborted or failed.
 
 A step has three parts. ``launch`` schedules and hands the step to the step runner;
-``collect`` waits for its tokens and applies them (token-level stops free blocks here, so
-the next schedule sees them); ``render`` turns them into text and outputs (detokenization,
-stop strings). ``step`` runs the three in series. The service's loop instead launches step
-N+1 between collecting and rendering step N, so rendering overlaps the model's work; a stop
-string found while rendering ends the request one step later than in series (its extra
-token is dropped), which changes no output.
+``collect`` waits for its tokens and applies them (token-level stops free blocks here);
+``render`` turns them into text and outputs (detokenization, stop strings). ``step`` runs
+the three in series.
+
+The service's loop (``advance``) schedules step N+1 while step N is still running, and
+chains it behind N on the step runner: the input token of a request that N is sampling is
+a placeholder the runner fills in, so the model goes from step N to N+1 with no engine work
+between them. Collecting and rendering N then overlap N+1. What changes against the series
+loop is only when work joins and leaves, never a token: a request that stops on a token of
+step N also ran in N+1 (its extra token is dropped, its blocks freed at N's collect), a
+stop string found while rendering ends the request a step later (the same), and a waiting
+request is admitted a step later when N's finishes free its room. When scheduling ahead
+would need a preemption, the loop collects N first and schedules in series.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from serve.engine.kv_events import KVEventSink
 from serve.engine.output import OutputProcessor, finished_status
 from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
-from serve.engine.step_runner import InlineStepRunner, StepRunner
+from serve.engine.step_runner import PENDING_TOKEN, InlineStepRunner, StepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -179,39 +186,48 @@ class LLMEngine:
         """The overlapped step: collect ``launched`` (step N), run ``between`` (admit new
         requests, aborts), launch step N+1, and render step N while N+1 runs. Returns step
         N+1 (collect it next) and step N's outputs."""
-        collected = [] if launched is None else self.collect(launched)
         if between is not None:
             between()
-        following = self.launch() if self.has_unfinished_requests() else None
+        following = None
+        if launched is not None and self.step_runner.chains:
+            following = self.launch(ahead=True)
+        collected = [] if launched is None else self.collect(launched)
+        if following is None and self.has_unfinished_requests():
+            following = self.launch()
         return following, self.render(collected)
 
-    def launch(self) -> Launched | None:
-        """Schedule the next step and hand it to the step runner (None: nothing to run)."""
+    def launch(self, ahead: bool = False) -> Launched | None:
+        """Schedule the next step and hand it to the step runner (None: nothing to run, or,
+        ``ahead`` of collecting the step before, nothing that can run yet)."""
         if self.dead_reason is not None:
             return None
-        scheduled = self.scheduler.schedule()
-        if not scheduled.scheduled:
+        scheduled = self.scheduler.schedule(ahead)
+        if not scheduled.scheduled or scheduled.incomplete:
             return None
-        return Launched(scheduled, self.step_runner.submit(self._build_step(scheduled)))
+        step, pending = self._build_step(scheduled)
+        return Launched(scheduled, self.step_runner.submit(step, pending))
 
     def collect(self, launched: Launched) -> list[Collected]:
         """Wait for the step's tokens and apply them; a failed step fails every request."""
         try:
             result = launched.result.result()
         except Exception as exc:
-            logger.exception("model execution failed")
-            self.dead_reason = f"model execution failed: {exc}"
+            if self.dead_reason is None:  # a step chained behind a failed one fails too
+                logger.exception("model execution failed")
+                self.dead_reason = f"model execution failed: {exc}"
             self._pending_outputs.extend(self.fail_all(self.dead_reason))
             return []
         sampled = {token.request_id: token for token in result.sampled}
         collected: list[Collected] = []
         max_model_len = self.max_model_len
         for item in launched.scheduled.scheduled:
+            if not item.samples:
+                continue  # mid-prefill
             request = item.request
-            request.num_computed_tokens += item.num_new_tokens
+            request.num_pending_tokens -= 1
             token = sampled.get(request.request_id)
             if token is None or request.status in FINISHED:
-                continue  # mid-prefill, or finished since the launch (its token is dropped)
+                continue  # finished since the launch: its token is dropped
             token_id = token.token_id
             request.append_token(token_id)
             entry = None
@@ -245,8 +261,13 @@ class LLMEngine:
         self._publish_events()
         return outputs
 
-    def _build_step(self, scheduled: SchedulerOutput) -> StepInput:
+    def _build_step(self, scheduled: SchedulerOutput
+                    ) -> tuple[StepInput, list[ScheduledSequence]]:
+        """The step message, and its sequences whose input token is still pending. Marks the
+        scheduled tokens computed (a failed step fails the request, so there is nothing to
+        undo) and the sampled ones pending until ``collect``."""
         sequences = []
+        pending = []
         for item in scheduled.scheduled:
             request = item.request
             if not request.sent_to_runner:
@@ -254,12 +275,20 @@ class LLMEngine:
                                             request.params))
                 request.sent_to_runner = True
             start = request.num_computed_tokens
-            sequences.append(ScheduledSequence(
-                request.request_id, request.token_ids[start:start + item.num_new_tokens],
-                start, item.block_table, item.samples))
+            num_new = item.num_new_tokens
+            token_ids = request.token_ids[start:start + num_new]
+            seq = ScheduledSequence(request.request_id, token_ids, start, item.block_table,
+                                    item.samples)
+            if len(token_ids) < num_new:  # the last token is the one the step before samples
+                token_ids.append(PENDING_TOKEN)
+                pending.append(seq)
+            sequences.append(seq)
+            request.num_computed_tokens = start + num_new
+            if item.samples:
+                request.num_pending_tokens += 1
         step = StepInput(sequences, self._new, self._finished_ids)
         self._new, self._finished_ids = [], []
-        return step
+        return step, pending
 
     def _publish_events(self) -> None:
         events = self.block_manager.drain_events()

@@ -49,6 +49,10 @@ class Request:
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    # Tokens launched steps are sampling for this request, not collected yet: at most one
+    # when a step is scheduled, so the next step may be scheduled before it arrives (its input
+    # token is then a placeholder the step runner fills in from the step before).
+    num_pending_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1 until then
     num_preemptions: int = 0
     sent_to_runner: bool = False

@@ -17,23 +17,23 @@ from serve.engine.errors import QueueFullError
 from serve.engine.request import Request, RequestStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
     block_table: list[int]
-
-    @property
-    def samples(self) -> bool:
-        """True when this chunk reaches the request's last known token."""
-        request = self.request
-        return request.num_computed_tokens + self.num_new_tokens == request.num_tokens
+    # The chunk reaches the request's last token (known or pending), so the step samples one.
+    samples: bool
 
 
 @dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+
+    # Set by ``schedule(ahead=True)`` when a running request could not get its blocks
+    # without preempting: the step must be scheduled again once the step before is collected.
+    incomplete: bool = False
 
     @property
     def num_scheduled_tokens(self) -> int:
@@ -60,27 +60,41 @@ class Scheduler:
                                  "requests); retry later")
         self.waiting.append(request)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, ahead: bool = False) -> SchedulerOutput:
+        """The next step. ``ahead``: the step before has not been collected yet, so its
+        sampled tokens are pending; a request whose pending token is its last by length is
+        left out, and a shortage of blocks preempts nobody (it marks the output
+        ``incomplete`` instead, because preempting needs the pending tokens in hand)."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         index = 0
         allocate = self.block_manager.allocate_slots
-        while index < len(self.running) and budget > 0:
-            request = self.running[index]
-            num_new = min(len(request.token_ids) - request.num_computed_tokens, budget)
+        running = self.running
+        while index < len(running) and budget > 0:
+            request = running[index]
+            pending = request.num_pending_tokens
+            if pending and request.num_output_tokens + pending >= request.max_tokens:
+                index += 1  # it finishes when its pending token arrives
+                continue
+            num_known = len(request.token_ids) + pending
+            num_new = min(num_known - request.num_computed_tokens, budget)
             # The common case first, one call; short of blocks, preempt and retry.
             table = allocate(request.request_id, request.token_ids, request.num_computed_tokens,
-                             num_new)
+                             num_new, num_pending_tokens=pending)
             if table is None:
+                if ahead:
+                    out.incomplete = True
+                    return out
                 table = self._allocate_or_preempt(request, num_new, out)
             if table is None:
                 break
-            out.scheduled.append(ScheduledRequest(request, num_new, table))
+            out.scheduled.append(ScheduledRequest(
+                request, num_new, table, request.num_computed_tokens + num_new == num_known))
             budget -= num_new
             index += 1
         if out.preempted:
             return out  # memory is short: do not admit new work in the same step
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and budget > 0 and len(running) < self.max_num_seqs:
             request = self.waiting[0]
             hits, num_hit_tokens = self.block_manager.get_computed_blocks(
                 request.request_id, request.token_ids, request.cache_salt)
@@ -95,8 +109,9 @@ class Scheduler:
             request.num_computed_tokens = num_hit_tokens
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit_tokens
-            self.running.append(request)
-            out.scheduled.append(ScheduledRequest(request, num_new, table))
+            running.append(request)
+            out.scheduled.append(ScheduledRequest(
+                request, num_new, table, num_hit_tokens + num_new == request.num_tokens))
             budget -= num_new
         return out
 
