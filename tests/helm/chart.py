@@ -1,13 +1,16 @@
 """Render the Helm chart offline (helm-python-sdk: Helm's Go SDK, no helm binary, no cluster)
-and describe what it should produce, for tests/helm/test_chart.py."""
+and describe what it should produce, for the tests in tests/helm."""
 
 from __future__ import annotations
 
+import copy
+import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import pytest
 import yaml
 
 from serve.app import serve_config
@@ -15,28 +18,72 @@ from serve.config import AutoscalingBounds, Limits, ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "mistral-serve"
-CI_VALUES = CHART_DIR / "ci" / "tp2-3replicas-external-redis-values.yaml"
+CI_DIR = CHART_DIR / "ci"
 # KubeRay v1.7.0's RayService CRD, kept in the repository (helm/kuberay/, with its licence).
 CRD_PATH = REPO / "helm" / "kuberay" / "ray.io_rayservices.yaml"
 RELEASE, NAMESPACE = "llm", "inference"
+# The newest Kubernetes that kubernetes-validate ships schemas for.
+KUBE_VERSION = "1.37.0"
+# 45 characters (Helm allows 53): every name KubeRay and the chart derive must still fit.
+LONG_RELEASE = "mistral-serve-production-inference-eu-west-1"
 
 Manifest = dict[str, Any]
 
+
+# --- the value sets under helm/mistral-serve/ci/ --------------------------------------------
+
+def ci_values(name: str) -> dict[str, Any]:
+    """helm/mistral-serve/ci/<name>-values.yaml."""
+    return yaml.safe_load((CI_DIR / f"{name}-values.yaml").read_text()) or {}
+
+
+CI_NAMES = sorted(path.name.removesuffix("-values.yaml") for path in CI_DIR.glob("*-values.yaml"))
+# The release each set is installed as; the hostPath set also checks long names.
+CI_RELEASES = {"tp8-hostpath": LONG_RELEASE}
+
+
+def release_of(name: str) -> str:
+    return CI_RELEASES.get(name, RELEASE)
+
+
+def ci_params() -> list[Any]:
+    """One pytest param per CI value set: (values, release)."""
+    return [pytest.param(ci_values(name), release_of(name), id=name) for name in CI_NAMES]
+
+
+# --- rendering ------------------------------------------------------------------------------
 
 @cache
 def chart() -> helm.Chart:
     return helm.Chart.load(CHART_DIR)
 
 
-def ci_values() -> dict[str, Any]:
-    return yaml.safe_load(CI_VALUES.read_text())
+def render_files(values: dict[str, Any] | None = None, release: str = RELEASE) -> dict[str, str]:
+    """Every rendered file, NOTES.txt included, freshly (generated secrets differ each time)."""
+    return chart().render(values or {}, name=release, namespace=NAMESPACE)
 
 
-def render(values: dict[str, Any] | None = None) -> list[Manifest]:
-    """Every object the chart renders for ``values`` (over the chart's defaults)."""
-    rendered = chart().render(values or {}, name=RELEASE, namespace=NAMESPACE)
-    return [doc for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")
-            for doc in yaml.safe_load_all(text) if doc]
+@cache
+def _render_cached(values_json: str, release: str) -> tuple[Manifest, ...]:
+    rendered = render_files(json.loads(values_json), release)
+    return tuple(doc for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")
+                 for doc in yaml.safe_load_all(text) if doc)
+
+
+def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[Manifest]:
+    """Every object the chart renders for ``values`` (over the chart's defaults).
+
+    Rendered once per value set and release in a session: a second call returns the same
+    objects, generated secrets included. Use ``render_files`` for a fresh render.
+    """
+    key = json.dumps(values or {}, sort_keys=True)
+    return copy.deepcopy(list(_render_cached(key, release)))
+
+
+def notes(values: dict[str, Any] | None = None, release: str = RELEASE) -> str:
+    (text,) = [text for path, text in render_files(values, release).items()
+               if path.endswith("NOTES.txt")]
+    return text
 
 
 def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
@@ -48,10 +95,35 @@ def the(manifests: list[Manifest], kind: str) -> Manifest:
     return found
 
 
+def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    (found,) = [m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name]
+    return found
+
+
 def merged_values(values: dict[str, Any] | None = None) -> dict[str, Any]:
     """The values an install would use: Helm's own coalescing of defaults and overrides."""
     return chart().merge_values(values or {})
 
+
+# --- the Ray pods inside the RayService -----------------------------------------------------
+
+def ray_groups(rayservice: Manifest) -> dict[str, Manifest]:
+    """Group name -> group spec; the head is "head"."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    return {"head": cluster["headGroupSpec"],
+            **{group["groupName"]: group for group in cluster["workerGroupSpecs"]}}
+
+
+def ray_containers(rayservice: Manifest) -> list[Manifest]:
+    return [group["template"]["spec"]["containers"][0]
+            for group in ray_groups(rayservice).values()]
+
+
+def env_of(container: Manifest) -> dict[str, Manifest]:
+    return {var["name"]: var for var in container.get("env", [])}
+
+
+# --- what the chart should produce ----------------------------------------------------------
 
 def expected_serve_config(values: dict[str, Any] | None = None) -> dict[str, Any]:
     """What ``serve.app.serve_config`` exports for the ServeConfig these chart values mean.

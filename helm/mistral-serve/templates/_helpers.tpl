@@ -7,7 +7,8 @@
 {{/*
 The RayService name, and the prefix of everything else. 40 characters, not 63: KubeRay
 derives longer names from it (<name>-xxxxx for the RayCluster, then -head-xxxxx pods,
-<name>-serve-svc, <name>-head-svc), and those must stay valid DNS labels.
+<name>-serve-svc, <name>-head-svc), and the chart adds <name>-gcs-redis-headless; all of
+them must stay valid DNS labels (tests/helm renders a 45-character release name).
 */}}
 {{- define "mistral-serve.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -38,21 +39,44 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
-{{/* Labels of the Ray pods: the API Service selects them (plus KubeRay's ray.io/serve). */}}
+{{/*
+Labels of the Ray pods. The PodDisruptionBudgets and NetworkPolicies select on the chart's
+own labels, so podLabels go underneath them (and _validate.tpl refuses the keys outright).
+*/}}
 {{- define "mistral-serve.rayPodLabels" -}}
+{{- $own := include "mistral-serve.selectorLabels" . | fromYaml }}
+{{- $_ := set $own "app.kubernetes.io/component" "ray" }}
+{{- toYaml (merge $own (deepCopy (.Values.podLabels | default dict))) }}
+{{- end }}
+
+{{/* The selector of every Ray pod of this release, head and workers, any RayCluster. */}}
+{{- define "mistral-serve.raySelector" -}}
 {{ include "mistral-serve.selectorLabels" . }}
 app.kubernetes.io/component: ray
-{{- with .Values.podLabels }}
-{{ toYaml . }}
 {{- end }}
+
+{{/* The tag says the Ray version it carries: <appVersion>-ray<rayVersion> unless set. */}}
+{{- define "mistral-serve.imageTag" -}}
+{{- .Values.image.tag | default (printf "%s-ray%s" .Chart.AppVersion .Values.rayVersion) }}
 {{- end }}
 
 {{- define "mistral-serve.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- printf "%s:%s" .Values.image.repository (include "mistral-serve.imageTag" .) }}
+{{- end }}
+
+{{/* The fetch-model image for the URL's scheme: s3:// needs the aws CLI, https:// python3. */}}
+{{- define "mistral-serve.downloadImage" -}}
+{{- $d := .Values.model.download }}
+{{- $image := ternary $d.s3Image $d.httpImage (hasPrefix "s3://" $d.url) }}
+{{- toYaml $image }}
 {{- end }}
 
 {{- define "mistral-serve.redisFullname" -}}
 {{- printf "%s-redis" (include "mistral-serve.fullname" .) }}
+{{- end }}
+
+{{- define "mistral-serve.gcsRedisFullname" -}}
+{{- printf "%s-gcs-redis" (include "mistral-serve.fullname" .) }}
 {{- end }}
 
 {{- define "mistral-serve.redisSecretName" -}}
@@ -67,18 +91,26 @@ app.kubernetes.io/component: ray
 {{- .Values.model.pvc.existingClaim | default (printf "%s-model" (include "mistral-serve.fullname" .)) }}
 {{- end }}
 
-{{/*
-A Secret value, base64-encoded: the given value, else the one already in the cluster (so a
-generated password survives `helm upgrade`), else a fresh random one.
-Usage: include "mistral-serve.secretValue" (dict "ctx" $ "name" "secret" "key" "k" "value" "")
-*/}}
-{{- define "mistral-serve.secretValue" -}}
-{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
-{{- if .value }}
-{{- .value | b64enc }}
-{{- else if and $existing (index $existing.data .key) }}
-{{- index $existing.data .key }}
-{{- else }}
-{{- randAlphaNum 32 | b64enc }}
+{{/* The GCS state lives in the in-chart GCS Redis unless an external address is given. */}}
+{{- define "mistral-serve.inChartGcsRedis" -}}
+{{- if and .Values.gcsFaultTolerance.enabled (not .Values.gcsFaultTolerance.externalRedis.address) }}true{{ end }}
 {{- end }}
+
+{{/* Any in-chart Redis (index or GCS): they share one password Secret. */}}
+{{- define "mistral-serve.inChartRedis" -}}
+{{- if or .Values.redis.enabled (include "mistral-serve.inChartGcsRedis" .) }}true{{ end }}
+{{- end }}
+
+{{/* GPU pods at the low end: the fixed count, or the autoscaler's floor. */}}
+{{- define "mistral-serve.minGpuPods" -}}
+{{- ternary .Values.autoscaling.minReplicas .Values.replicas .Values.autoscaling.enabled | int }}
+{{- end }}
+
+{{/* rayStartParams as KubeRay wants them: every value a string. */}}
+{{- define "mistral-serve.stringMap" -}}
+{{- $out := dict }}
+{{- range $key, $value := . }}
+{{- $_ := set $out $key (toString $value) }}
+{{- end }}
+{{- toYaml $out }}
 {{- end }}

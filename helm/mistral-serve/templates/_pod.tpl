@@ -1,37 +1,146 @@
-{{/* Pieces shared by the head and GPU worker pods of the RayService. */}}
+{{/* The Ray pod template shared by the head, GPU worker and CPU worker groups. */}}
+
+{{/*
+Usage: include "mistral-serve.rayPodTemplate" (dict "ctx" $ "group" .Values.head
+  "container" "ray-head" "ports" $ports "gpus" 0 "head" true)
+*/}}
+{{- define "mistral-serve.rayPodTemplate" -}}
+{{- $ctx := .ctx }}
+{{- $v := $ctx.Values }}
+{{- $g := .group }}
+metadata:
+  labels:
+    {{- include "mistral-serve.rayPodLabels" $ctx | nindent 4 }}
+  {{- with merge (include "mistral-serve.rayChecksums" $ctx | fromYaml) (deepCopy ($v.podAnnotations | default dict)) }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with $v.serviceAccountName }}
+  serviceAccountName: {{ . }}
+  {{- end }}
+  {{- /* Only KubeRay's autoscaler sidecar (head, autoscaling on) talks to the Kubernetes API. */}}
+  automountServiceAccountToken: {{ and .head $v.autoscaling.enabled }}
+  {{- with $g.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $g.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- with $v.podSecurityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $g.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with (include "mistral-serve.fetchModelContainer" $ctx | trim) }}
+  initContainers:
+    {{- . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ .container }}
+      image: {{ include "mistral-serve.image" $ctx }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      {{- with $v.securityContext }}
+      securityContext:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        {{- toYaml .ports | nindent 8 }}
+      {{- with (include "mistral-serve.rayEnv" (dict "ctx" $ctx "head" .head) | trim) }}
+      env:
+        {{- . | nindent 8 }}
+      {{- end }}
+      resources:
+        {{- include "mistral-serve.rayResources" (dict "ctx" $ctx "resources" $g.resources "gpus" .gpus) | nindent 8 }}
+      volumeMounts:
+        {{- include "mistral-serve.modelMount" (dict "ctx" $ctx "readOnly" true) | nindent 8 }}
+  volumes:
+    {{- include "mistral-serve.modelVolume" $ctx | nindent 4 }}
+{{- end }}
 
 {{/*
 Env of every Ray container. Serve may run the app builder and Ingress replicas on any pod,
-so head and workers all get the secrets; ServeConfig.from_env reads them, and they never
-appear in serveConfigV2. REDIS_PASSWORD comes first: Kubernetes expands $(REDIS_PASSWORD) only
-from variables defined earlier in the list.
+so all of them get the secrets; ServeConfig.from_env reads them, and they never appear in
+serveConfigV2. INDEX_REDIS_PASSWORD comes first: Kubernetes expands $(INDEX_REDIS_PASSWORD)
+only from variables defined earlier in the list. It is not called REDIS_PASSWORD: KubeRay
+owns that name on the head for GCS fault tolerance and refuses a spec that sets it.
 */}}
 {{- define "mistral-serve.rayEnv" -}}
-{{- if .Values.apiKey.enabled }}
+{{- $v := .ctx.Values }}
+{{- if .head }}
+{{- /* The head's `ray start --dashboard-host=$POD_IP` (see rayservice.yaml). */}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end }}
+{{- if $v.apiKey.enabled }}
 - name: MISTRAL_SERVE_API_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "mistral-serve.apiKeySecretName" . }}
-      key: {{ .Values.apiKey.existingSecretKey }}
+      name: {{ include "mistral-serve.apiKeySecretName" .ctx }}
+      key: {{ $v.apiKey.existingSecretKey }}
 {{- end }}
-{{- if .Values.redis.enabled }}
-- name: REDIS_PASSWORD
+{{- if $v.redis.enabled }}
+- name: INDEX_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "mistral-serve.redisSecretName" . }}
-      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+      name: {{ include "mistral-serve.redisSecretName" .ctx }}
+      key: {{ $v.redis.auth.existingSecretPasswordKey }}
 - name: MISTRAL_SERVE_REDIS_URL
-  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s.%s.svc:6379/%v" (include "mistral-serve.redisFullname" .) .Release.Namespace .Values.redis.database | quote }}
-{{- else if .Values.externalRedis.existingSecret }}
+  value: {{ printf "redis://:$(INDEX_REDIS_PASSWORD)@%s.%s.svc:6379/%v" (include "mistral-serve.redisFullname" .ctx) .ctx.Release.Namespace $v.redis.database | quote }}
+{{- else if $v.externalRedis.existingSecret }}
 - name: MISTRAL_SERVE_REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.externalRedis.existingSecret }}
-      key: {{ .Values.externalRedis.existingSecretKey }}
+      name: {{ $v.externalRedis.existingSecret }}
+      key: {{ $v.externalRedis.existingSecretKey }}
 {{- end }}
-{{- with .Values.extraEnv }}
+{{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+A group's resources, plus nvidia.com/gpu (KubeRay reads it from limits) and, when the weights
+live in each pod's emptyDir, an ephemeral-storage request of its sizeLimit so the scheduler
+only picks nodes with that much disk free. A request the group sets itself wins.
+*/}}
+{{- define "mistral-serve.rayResources" -}}
+{{- $resources := deepCopy (.resources | default dict) }}
+{{- if gt (int .gpus) 0 }}
+{{- $limits := $resources.limits | default dict }}
+{{- $_ := set $limits "nvidia.com/gpu" (int .gpus) }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- if include "mistral-serve.weightsInEmptyDir" .ctx }}
+{{- $requests := $resources.requests | default dict }}
+{{- if not (hasKey $requests "ephemeral-storage") }}
+{{- $_ := set $requests "ephemeral-storage" .ctx.Values.model.download.sizeLimit }}
+{{- end }}
+{{- $_ := set $resources "requests" $requests }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{- define "mistral-serve.weightsInEmptyDir" -}}
+{{- $m := .Values.model }}
+{{- if and $m.download.enabled (not $m.pvc.enabled) (not $m.hostPath) }}true{{ end }}
 {{- end }}
 
 {{- define "mistral-serve.modelVolume" -}}
@@ -40,6 +149,7 @@ from variables defined earlier in the list.
   persistentVolumeClaim:
     claimName: {{ include "mistral-serve.modelClaimName" . }}
 {{- else if .Values.model.hostPath }}
+  {{- /* Pod Security: hostPath volumes need the `privileged` level (README). */}}
   hostPath:
     path: {{ .Values.model.hostPath }}
     type: Directory
@@ -57,98 +167,4 @@ from variables defined earlier in the list.
   {{- with .ctx.Values.model.subPath }}
   subPath: {{ . }}
   {{- end }}
-{{- end }}
-
-{{- define "mistral-serve.modelInitContainers" -}}
-{{- $d := .Values.model.download }}
-{{- if $d.enabled }}
-- name: fetch-model
-  image: {{ printf "%s:%s" $d.image.repository $d.image.tag }}
-  imagePullPolicy: {{ $d.image.pullPolicy }}
-  command: [sh, -c]
-  args:
-    - |
-      {{- include "mistral-serve.fetchScript" . | nindent 6 }}
-  env:
-    - name: MODEL_URL
-      value: {{ $d.url | quote }}
-    - name: MODEL_DIR
-      value: {{ .Values.model.path | quote }}
-    - name: LOCK_TIMEOUT_MINUTES
-      value: {{ $d.lockTimeoutMinutes | quote }}
-  {{- with $d.secretName }}
-  envFrom:
-    - secretRef:
-        name: {{ . }}
-  {{- end }}
-  {{- with $d.resources }}
-  resources:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  volumeMounts:
-    {{- include "mistral-serve.modelMount" (dict "ctx" . "readOnly" false) | nindent 4 }}
-{{- end }}
-{{- end }}
-
-{{/*
-Fills MODEL_DIR once. Pods sharing a claim race here: mkdir is atomic, so one pod fetches and
-the others wait for the completion marker; a lock older than LOCK_TIMEOUT_MINUTES was left by
-a pod that died mid-fetch. No $(...) in the script: Kubernetes would take it for a variable
-reference.
-*/}}
-{{- define "mistral-serve.fetchScript" -}}
-set -eu
-dest="$MODEL_DIR"
-done_marker="$dest/.mistral-serve-complete"
-lock="$dest/.mistral-serve-fetching"
-fetch() {
-  case "$MODEL_URL" in
-    s3://*) aws s3 sync --only-show-errors --no-progress "$MODEL_URL" "$dest" ;;
-    http://*|https://*)
-      python3 -c 'import sys, tarfile, urllib.request as u; tarfile.open(fileobj=u.urlopen(sys.argv[1]), mode="r|*").extractall(sys.argv[2], filter="data")' "$MODEL_URL" "$dest" ;;
-    *) echo "model.download.url: unsupported scheme in $MODEL_URL (s3:// or https://)" >&2; exit 1 ;;
-  esac
-}
-while [ ! -f "$done_marker" ]; do
-  find "$dest" -maxdepth 1 -name .mistral-serve-fetching -mmin "+$LOCK_TIMEOUT_MINUTES" -exec rm -rf {} + || true
-  if mkdir "$lock" 2>/dev/null; then
-    trap 'rmdir "$lock" 2>/dev/null || true' EXIT
-    echo "fetching $MODEL_URL into $dest"
-    fetch
-    touch "$done_marker"
-  else
-    echo "another pod is fetching the model into $dest; waiting"
-    sleep 15
-  fi
-done
-echo "model ready in $dest"
-{{- end }}
-
-{{/* Pull secrets and placement of one Ray group: (dict "ctx" $ "group" .Values.head) */}}
-{{- define "mistral-serve.rayPodScheduling" -}}
-{{- with .ctx.Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .group.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .group.tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .group.affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
-
-{{/* worker.resources plus nvidia.com/gpu = tensorParallelSize (KubeRay reads it from limits). */}}
-{{- define "mistral-serve.workerResources" -}}
-{{- $resources := deepCopy (.Values.worker.resources | default (dict)) }}
-{{- $limits := $resources.limits | default (dict) }}
-{{- $_ := set $limits "nvidia.com/gpu" (int .Values.tensorParallelSize) }}
-{{- $_ := set $resources "limits" $limits }}
-{{- toYaml $resources }}
 {{- end }}

@@ -1,0 +1,159 @@
+"""Upgrades: clients reach only the active Ray cluster, the strategy and its GPU cost are a
+value, rayVersion cannot drift from the image, and the autoscaler runs only when asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python as helm
+import pytest
+
+from tests.helm.chart import ci_params, ci_values, merged_values, of_kind, render, the
+from tests.helm.kuberay import pod_labels, serve_service
+
+INCREMENTAL = {"autoscaling": {"enabled": True},
+               "upgrade": {"strategy": "NewClusterWithIncrementalUpgrade",
+                           "incremental": {"gatewayClassName": "istio"}}}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def stable_entry_params() -> list[Any]:
+    return [param for param in ci_params() if param.id != "tp4-autoscaling-s3-pvc"]
+
+
+@pytest.mark.parametrize(("values", "release"), stable_entry_params())
+def test_the_client_service_reaches_only_the_active_cluster(
+        values: dict[str, Any], release: str) -> None:
+    manifests = render(values, release)
+    rayservice = the(manifests, "RayService")
+    groups = [g["groupName"] for g in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    service = serve_service(rayservice, cluster="active")
+    # Mid-upgrade the pending cluster's workers are Ready and labelled ray.io/serve=true,
+    # its app still DEPLOYING: the Service must not pick them.
+    for group in groups:
+        assert selects(service["spec"]["selector"], pod_labels(rayservice, group, "active"))
+        assert not selects(service["spec"]["selector"], pod_labels(rayservice, group, "pending"))
+    # And the chart adds no Service of its own that would (the old one selected on
+    # ray.io/serve alone).
+    ray_services = [s for s in of_kind(manifests, "Service")
+                    if s["spec"]["selector"].get("app.kubernetes.io/component") == "ray"]
+    assert ray_services == []
+
+
+@pytest.mark.parametrize(("values", "release"), stable_entry_params())
+def test_serve_svc_keeps_both_serve_ports_under_kuberay_names(
+        values: dict[str, Any], release: str) -> None:
+    v = merged_values(values)
+    rayservice = the(render(values, release), "RayService")
+    service = serve_service(rayservice, cluster="active")
+    assert service["metadata"]["name"] == f"{rayservice['metadata']['name']}-serve-svc"
+    ports = {p["name"]: (p["port"], p["appProtocol"]) for p in service["spec"]["ports"]}
+    assert ports == {"serve": (v["ports"]["http"], "http"),
+                     "serve-grpc": (v["ports"]["grpc"], "kubernetes.io/h2c")}
+    assert service["spec"]["type"] == v["service"]["type"]
+
+
+def test_a_load_balancer_keeps_its_node_ports_and_source_ranges() -> None:
+    rayservice = the(render(ci_values("download-only-loadbalancer")), "RayService")
+    spec = serve_service(rayservice, cluster="active")["spec"]
+    assert {p["name"]: p["nodePort"] for p in spec["ports"]} == {"serve": 30800, "serve-grpc": 30900}
+    assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert rayservice["spec"]["excludeHeadPodFromServeSvc"] is True
+
+
+def test_the_head_is_in_the_service_only_while_its_proxy_is_healthy() -> None:
+    rayservice = the(render(), "RayService")
+    selector = serve_service(rayservice, cluster="active")["spec"]["selector"]
+    assert selects(selector, pod_labels(rayservice, "head", "active"))
+    assert not selects(selector, pod_labels(rayservice, "head", "active", head_proxy_healthy=False))
+
+
+def test_head_ports_are_named_as_kuberay_reads_them() -> None:
+    rayservice = the(render(), "RayService")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in head["containers"][0]["ports"]}
+    # gcs-server and dashboard are how the operator finds the GCS and the dashboard; the Ray
+    # client port (10001) is left off <name>-head-svc.
+    assert ports == {"gcs-server": 6379, "dashboard": 8265, "metrics": 8080,
+                     "serve": 8000, "serve-grpc": 9000}
+
+
+@pytest.mark.parametrize(("values", "release"), ci_params())
+def test_the_strategy_and_deletion_delay_are_values(values: dict[str, Any], release: str) -> None:
+    v = merged_values(values)
+    spec = the(render(values, release), "RayService")["spec"]
+    assert spec["upgradeStrategy"]["type"] == v["upgrade"]["strategy"]
+    assert spec["rayClusterDeletionDelaySeconds"] == v["upgrade"]["clusterDeletionDelaySeconds"]
+
+
+def test_incremental_upgrades_surge_by_a_fraction_through_a_gateway() -> None:
+    spec = the(render(ci_values("tp4-autoscaling-s3-pvc")), "RayService")["spec"]
+    assert spec["upgradeStrategy"] == {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": {"gatewayClassName": "istio", "maxSurgePercent": 25,
+                                  "stepSizePercent": 25, "intervalSeconds": 120}}
+    # KubeRay ignores serveService then (it routes through <name>-gateway); the chart says so
+    # instead of rendering a Service that would not exist.
+    assert "serveService" not in spec
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    pytest.param({**INCREMENTAL, "autoscaling": {"enabled": False}},
+                 "NewClusterWithIncrementalUpgrade needs autoscaling.enabled=true", id="no-autoscaling"),
+    pytest.param({**INCREMENTAL, "upgrade": {"strategy": "NewClusterWithIncrementalUpgrade"}},
+                 "needs upgrade.incremental.gatewayClassName", id="no-gateway"),
+    pytest.param({**INCREMENTAL, "upgrade": {**INCREMENTAL["upgrade"], "incremental": {
+        "gatewayClassName": "istio", "stepSizePercent": 50, "maxSurgePercent": 25}}},
+                 r"stepSizePercent \(50\) must be <= upgrade.incremental.maxSurgePercent \(25\)",
+                 id="step-over-surge"),
+])
+def test_incomplete_incremental_upgrades_are_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+# --- rayVersion and the image ---------------------------------------------------------------
+
+def test_the_default_tag_carries_ray_version() -> None:
+    cluster = the(render({"rayVersion": "2.61.1"}), "RayService")["spec"]["rayClusterConfig"]
+    image = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert (cluster["rayVersion"], image) == ("2.61.1", "mistral-serve:0.1.0-ray2.61.1")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    pytest.param({"image": {"tag": "0.1.0-ray2.59.0"}},
+                 r"image.tag 0.1.0-ray2.59.0 carries Ray 2.59.0 but rayVersion is 2.60.0",
+                 id="mismatch"),
+    pytest.param({"image": {"tag": "0.1.0"}}, r"image.tag 0.1.0 does not say its Ray version",
+                 id="unsaid"),
+    pytest.param({"rayVersion": "2.52.0", "image": {"tag": "0.1.0-ray2.52.0"}},
+                 r"rayVersion 2.52.0 is too old: the chart needs Ray >= 2.53.0", id="too-old"),
+])
+def test_a_ray_version_other_than_the_images_is_refused(
+        values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+def test_an_untagged_image_is_accepted_when_vouched_for() -> None:
+    rayservice = the(render({"image": {"tag": "sha-4e1f0b9", "requireRayVersionInTag": False}}),
+                     "RayService")
+    assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+
+
+# --- the autoscaler -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("values", "release"), ci_params())
+def test_in_tree_autoscaling_follows_autoscaling(values: dict[str, Any], release: str) -> None:
+    enabled = merged_values(values)["autoscaling"]["enabled"]
+    cluster = the(render(values, release), "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is enabled
+    assert ("autoscalerOptions" in cluster) is enabled
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    # Only the autoscaler sidecar talks to the Kubernetes API.
+    assert head["automountServiceAccountToken"] is enabled
+    for group in cluster["workerGroupSpecs"]:
+        assert group["template"]["spec"]["automountServiceAccountToken"] is False
