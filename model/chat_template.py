@@ -45,11 +45,13 @@ class MistralV1Turn:
     assistant: str | None
 
 
-def parse_messages(messages: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
+def parse_messages(messages: Sequence[Mapping[str, Any]],
+                   continue_final: bool = False) -> list[ChatMessage]:
     """Check the shape every chat format needs: a non-empty list of {role, content} strings.
 
     The conversation must end with a user message, since the ids returned are a prompt for the
-    assistant's next reply.
+    assistant's next reply; or, with ``continue_final``, with the assistant message whose text
+    the reply continues (a prefill of the answer).
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ValueError(
@@ -73,20 +75,29 @@ def parse_messages(messages: Sequence[Mapping[str, Any]]) -> list[ChatMessage]:
                 f"messages[{index}] ({role}) needs a string 'content', got {type(content).__name__}"
             )
         parsed.append(ChatMessage(role=role, content=content))
-    if parsed[-1].role != "user":
+    if continue_final:
+        if parsed[-1].role != "assistant" or not parsed[-1].content:
+            raise ValueError(
+                "continue_final_message needs the conversation to end with a non-empty "
+                f"assistant message to continue, but the last message is {parsed[-1].role!r}"
+            )
+    elif parsed[-1].role != "user":
         raise ValueError(
             f"the conversation must end with a user message, but the last message is "
-            f"{parsed[-1].role!r}: append the user's next message"
+            f"{parsed[-1].role!r}: append the user's next message, or set "
+            "continue_final_message to continue the assistant's"
         )
     return parsed
 
 
-def mistral_v1_turns(messages: Sequence[Mapping[str, Any]]) -> list[MistralV1Turn]:
+def mistral_v1_turns(messages: Sequence[Mapping[str, Any]],
+                     continue_final: bool = False) -> list[MistralV1Turn]:
     """Validate a conversation for the v1 format and group it into rounds.
 
     Leading system messages become one system prompt, prepended to the FIRST user message with a
     blank line, as `mistral_common`'s `InstructTokenizerV1` does. The rest must alternate
-    user/assistant, starting and ending with a user message.
+    user/assistant, starting and ending with a user message (or, with ``continue_final``, an
+    assistant message: the last turn's open reply).
 
     >>> mistral_v1_turns([{"role": "system", "content": "Be brief."},
     ...                   {"role": "user", "content": "Hi"},
@@ -95,7 +106,7 @@ def mistral_v1_turns(messages: Sequence[Mapping[str, Any]]) -> list[MistralV1Tur
     [MistralV1Turn(user='Be brief.\\n\\nHi', assistant='Hello!'),
      MistralV1Turn(user='Bye', assistant=None)]
     """
-    parsed = parse_messages(messages)
+    parsed = parse_messages(messages, continue_final)
     num_system = 0
     while num_system < len(parsed) and parsed[num_system].role == "system":
         num_system += 1
@@ -138,6 +149,7 @@ def encode_mistral_v1_chat(
     encode: Callable[[str], list[int]],
     bos_token_id: int,
     eos_token_id: int,
+    continue_final: bool = False,
 ) -> list[int]:
     """Token ids of a conversation in the v1 format, ready for the assistant's reply.
 
@@ -145,14 +157,18 @@ def encode_mistral_v1_chat(
     assistant reply is encoded on its own (so each gets SentencePiece's leading "▁"), exactly as
     `mistral_common` does; concatenating the text first would tokenize differently.
 
-    Layout: `<s>` `[INST] u1 [/INST]` `a1` `</s>` `[INST] u2 [/INST]`
+    Layout: `<s>` `[INST] u1 [/INST]` `a1` `</s>` `[INST] u2 [/INST]`; with
+    ``continue_final`` the last reply stays open: `... [INST] u2 [/INST]` `a2` (no `</s>`), as
+    `mistral_common` encodes an assistant message with ``prefix=True``.
     """
     ids = [bos_token_id]
-    for turn in mistral_v1_turns(messages):
+    turns = mistral_v1_turns(messages, continue_final)
+    for index, turn in enumerate(turns):
         ids += encode(f"[INST] {turn.user} [/INST]")
         if turn.assistant is not None:
             ids += encode(turn.assistant)
-            ids.append(eos_token_id)
+            if not (continue_final and index == len(turns) - 1):
+                ids.append(eos_token_id)
     return ids
 
 
@@ -217,20 +233,42 @@ def render_chat_template(
     source: str,
     messages: Sequence[Mapping[str, Any]],
     special_tokens: Mapping[str, str],
+    continue_final: bool = False,
 ) -> str:
-    """Render a conversation with `add_generation_prompt=True`.
+    """Render a conversation with `add_generation_prompt=True`; with ``continue_final``,
+    without it and cut just after the final assistant message's text, so the reply goes on
+    from there (as transformers' ``continue_final_message``)::
+
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! I am<|im_end|>\n"
+        → "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! I am"
 
     `special_tokens` maps names such as "bos_token"/"eos_token" to their text, which templates
     use (e.g. `{{ bos_token }}`).
     """
-    parsed = parse_messages(messages)
+    parsed = parse_messages(messages, continue_final)
     try:
-        return compile_chat_template(source).render(
+        text = compile_chat_template(source).render(
             messages=[{"role": m.role, "content": m.content} for m in parsed],
             tools=None,  # templates test `tools is not none`; an undefined name would pass that
             documents=None,
-            add_generation_prompt=True,
+            add_generation_prompt=not continue_final,
             **special_tokens,
         )
     except jinja2.exceptions.TemplateError as exc:
         raise ValueError(f"the chat template rejected the conversation: {exc}") from exc
+    return cut_after_final_message(text, parsed[-1].content) if continue_final else text
+
+
+def cut_after_final_message(text: str, final: str) -> str:
+    """The rendered conversation up to the end of its final message. Templates often strip
+    a message's surrounding whitespace, so the stripped text is searched; its trailing
+    whitespace is kept only where the template kept it."""
+    stripped = final.strip()
+    start = text.rfind(stripped)
+    if not stripped or start < 0:
+        raise ValueError("this model's chat template changes the final assistant message, so "
+                         "it cannot be continued: leave continue_final_message unset")
+    kept = final.lstrip()
+    if text[start:start + len(kept)] == kept:
+        return text[:start + len(kept)]
+    return text[:start + len(stripped)]

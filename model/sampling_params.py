@@ -40,6 +40,8 @@ class SamplingParams:
     presence_penalty: float = 0.0  # in [-2, 2]; over output tokens
     frequency_penalty: float = 0.0  # in [-2, 2]; over output tokens
     seed: int | None = None
+    # Choices made for the prompt; choice i samples with seed + i (when a seed is set).
+    n: int = 1
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -85,6 +87,9 @@ class SamplingParams:
             _check_int("seed", self.seed)
             if not MIN_SEED <= self.seed <= MAX_SEED:
                 raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
+        _check_int("n", self.n)
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
         self.stop = _normalize_stop(self.stop)
         self.stop_token_ids = _normalize_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):

@@ -112,15 +112,18 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
+                            continue_final_message: bool = False) -> list[int]:
         """Render the template, then encode the text as is: the template writes BOS and the
-        turn markers itself (as transformers' `apply_chat_template(tokenize=True)` does)."""
+        turn markers itself (as transformers' `apply_chat_template(tokenize=True)` does).
+        ``continue_final_message``: the last (assistant) message stays open."""
         if self.chat_template is None:
             raise ValueError(
                 f"the checkpoint at {self.path} has no chat template (tokenizer_config.json "
                 "'chat_template' or chat_template.jinja): send a plain prompt instead"
             )
-        text = render_chat_template(self.chat_template, messages, self.template_tokens)
+        text = render_chat_template(self.chat_template, messages, self.template_tokens,
+                                    continue_final_message)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:

@@ -116,12 +116,14 @@ class MistralV1Tokenizer:
         close_run()
         return "".join(parts)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
+                            continue_final_message: bool = False) -> list[int]:
         return encode_mistral_v1_chat(
             messages,
             encode=self.sp.encode,
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
+            continue_final=continue_final_message,
         )
 
     def appended_texts(self) -> dict[int, str]:

@@ -1,7 +1,7 @@
 """The LLMServer's chunk stream as the front ends read it: read ahead, and coalesced.
 
 A task of its own reads the Serve stream into a queue as chunks arrive; each read takes
-everything waiting and returns it as one chunk (``merge_chunks``). A consumer that keeps up
+everything waiting of one choice and returns it as one chunk (``merge_chunks``). A consumer that keeps up
 gets each chunk as soon as it arrives, with no added delay; one that falls behind (a busy
 Ingress, a slow client) gets fewer, fuller chunks instead of a backlog of one-token items,
 each of which would cost a protobuf message, a proxy hop and a network write.
@@ -58,8 +58,9 @@ class CoalescingStream:
         chunks: list[ServeChunk] = []
         while self._ready:
             item = self._ready[0]
-            if isinstance(item, _End) or (item.error_code is not None and chunks):
-                break  # output first; the end or the error on the next read
+            if isinstance(item, _End) or (chunks and (item.error_code is not None
+                                                      or item.index != chunks[0].index)):
+                break  # output first; the end, the error or another choice on the next read
             chunks.append(self._ready.popleft())
             if item.error_code is not None or item.finish_reason is not None:
                 break

@@ -53,6 +53,8 @@ class Limits(StrictModel):
     max_stop_string_chars: int = Field(256, ge=1)
     max_stop_token_ids: int = Field(64, ge=0)
     max_logprobs: int = Field(20, ge=0)
+    # Choices per request (n): each is a sequence of its own in the engine.
+    max_choices: int = Field(8, ge=1)
     max_messages: int = Field(1024, ge=1)
 
 

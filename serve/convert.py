@@ -12,7 +12,7 @@ from serve.protocol import ServeChunk
 from serve.sampling_limits import limited_sampling_params
 
 _OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-             "presence_penalty", "frequency_penalty", "seed", "logprobs", "min_tokens")
+             "presence_penalty", "frequency_penalty", "seed", "logprobs", "min_tokens", "n")
 MAX_ID_LENGTH = 256
 
 
@@ -49,14 +49,14 @@ def response(chunk: ServeChunk) -> Any:
         request_id=chunk.request_id, text=chunk.text, token_ids=chunk.token_ids,
         finish_reason=chunk.finish_reason or "",
         stop_reason="" if chunk.stop_reason is None else str(chunk.stop_reason),
-        replica_id=chunk.replica_id)
+        replica_id=chunk.replica_id, index=chunk.index)
     for token_id, entry in zip(chunk.token_ids, chunk.logprobs, strict=False):
         top = [llm_pb2.TopLogprob(token_id=t, logprob=lp)
                for t, lp in sorted(entry.items(), key=lambda kv: -kv[1])]
         message.logprobs.append(llm_pb2.TokenLogprobs(token_id=token_id,
                                                       logprob=entry.get(token_id, 0.0),
                                                       top=top))
-    if chunk.finish_reason is not None:
+    if chunk.final:
         message.usage.CopyFrom(llm_pb2.Usage(prompt_tokens=chunk.prompt_tokens,
                                              completion_tokens=chunk.completion_tokens,
                                              cached_tokens=chunk.cached_tokens))

@@ -82,7 +82,8 @@ class Ingress:
 
     async def Chat(self, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
         def build() -> ServeRequest:
-            return self._serve_request(self.chat_prompt(request.messages), request)
+            ids = self.chat_prompt(request.messages, request.continue_final_message)
+            return self._serve_request(ids, request)
 
         async for message in self._stream(grpc_context, request, build):
             yield message
@@ -91,7 +92,8 @@ class Ingress:
         try:
             self._admit(grpc_context, request)
             if request.WhichOneof("input") == "chat":
-                ids = self.chat_prompt(request.chat.messages)
+                ids = self.chat_prompt(request.chat.messages,
+                                       request.chat.continue_final_message)
             else:
                 ids = self.tokenizer.encode(request.text, add_bos=request.add_bos)
         except Exception as exc:
@@ -129,14 +131,16 @@ class Ingress:
             offered = bearer[7:]
         return hmac.compare_digest(offered.encode(), self.api_key.encode())
 
-    def chat_prompt(self, messages: Any) -> list[int]:
-        """Token ids of a conversation: items with ``role`` and ``content`` attributes."""
+    def chat_prompt(self, messages: Any, continue_final_message: bool = False) -> list[int]:
+        """Token ids of a conversation: items with ``role`` and ``content`` attributes.
+        ``continue_final_message``: the answer continues the last (assistant) message."""
         bound = self.settings.limits.max_messages
         if len(messages) > bound:
             raise invalid(f"{len(messages)} messages; this service takes at most {bound}: "
                           "drop or merge earlier turns")
         try:
-            return self.tokenizer.apply_chat_template(chat_messages(messages))
+            return self.tokenizer.apply_chat_template(chat_messages(messages),
+                                                      continue_final_message)
         except ValueError as exc:
             raise invalid(f"messages: {exc}") from None
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from model.sampling_params import SamplingParams
+from serve.engine.choices import choice_params, choice_request_id, merge_choices
 from serve.engine.config import EngineConfig
 from serve.engine.errors import QueueFullError
 from serve.engine.factory import create_engine
@@ -72,8 +73,15 @@ class LLM:
                 raise ValueError(f"got {len(params)} sampling_params for {len(batch)} prompts; "
                                  "pass one, or one per prompt")
         ids = [f"offline-{next(self._ids)}" for _ in batch]
+        # One engine request per choice (serve/engine/choices.py); merged again at the end.
+        choices = {request_id: [choice_request_id(request_id, i, sampling.n)
+                                for i in range(sampling.n)]
+                   for request_id, sampling in zip(ids, params, strict=True)}
+        pending = [(choice_id, prompt, choice_params(sampling, i))
+                   for request_id, prompt, sampling in zip(ids, batch, params, strict=True)
+                   for i, choice_id in enumerate(choices[request_id])]
+        engine_ids = [choice_id for choice_id, _, _ in pending]
         results: dict[str, RequestOutput] = {}
-        pending = list(zip(ids, batch, params, strict=True))
         try:
             while pending or self.engine.has_unfinished_requests():
                 while pending:
@@ -87,18 +95,24 @@ class LLM:
                     if output.finished:
                         results[output.request_id] = output
         except BaseException:
-            self.engine.abort([i for i in ids if i not in results])
+            self.engine.abort([i for i in engine_ids if i not in results])
             self.engine.step()
             raise
-        return [results[request_id] for request_id in ids]
+        return [results[request_id] if len(choices[request_id]) == 1 else
+                merge_choices(request_id, [results[choice_id]
+                                           for choice_id in choices[request_id]])
+                for request_id in ids]
 
     def chat(self, messages: Sequence[Message] | Sequence[Sequence[Message]],
-             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
-             ) -> list[RequestOutput]:
-        """Apply the model's chat template to each conversation, then generate."""
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             continue_final_message: bool = False) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation, then generate.
+        ``continue_final_message``: each conversation ends with an assistant message whose
+        text the answer continues."""
         conversations = ([messages] if messages and isinstance(messages[0], Mapping)
                          else list(messages))
-        prompts = [self.tokenizer.apply_chat_template(list(c)) for c in conversations]
+        prompts = [self.tokenizer.apply_chat_template(list(c), continue_final_message)
+                   for c in conversations]
         return self.generate(prompts, sampling_params)
 
     def shutdown(self) -> None:

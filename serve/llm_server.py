@@ -13,6 +13,7 @@ from typing import Any
 from ray import serve
 
 from serve.engine.async_engine import AsyncLLMEngine
+from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.config import EngineConfig
 from serve.engine.factory import create_engine
 from serve.engine.kv_events import BlockStored
@@ -21,6 +22,7 @@ from serve.errors import REPLICA_FAILED, ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ServeChunk, ServeRequest
+from serve.stream_interleave import interleave
 from serve.stream_pacing import StreamPacer
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ logger = logging.getLogger(__name__)
 METRICS_PERIOD_S = 5.0
 
 
-def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChunk:
+def _chunk(output: RequestOutput, request_id: str, replica_id: str, index: int = 0
+           ) -> ServeChunk:
     completion = output.outputs[0]
     chunk = ServeChunk(
         request_id=request_id,
@@ -39,14 +42,41 @@ def _chunk(output: RequestOutput, request_id: str, replica_id: str) -> ServeChun
         finish_reason=completion.finish_reason,
         stop_reason=completion.stop_reason,
         replica_id=replica_id,
+        index=index,
     )
     if output.finished:
+        chunk.final = True
         chunk.prompt_tokens = len(output.prompt_token_ids)
         chunk.completion_tokens = completion.num_tokens
         chunk.cached_tokens = output.num_cached_tokens
         if completion.finish_reason == "error":
             chunk.error_code, chunk.error = Status.UNAVAILABLE, REPLICA_FAILED
     return chunk
+
+
+class _Choices:
+    """The usage of a request's choices, so that only its last chunk says the request is
+    done, with every choice's tokens and the prompt once (the first choice's cache hit)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        # Per finished choice: its (prompt, completion, cached) token counts.
+        self.finished: dict[int, tuple[int, int, int]] = {}
+
+    def mark(self, chunk: ServeChunk) -> ServeChunk:
+        if self.n == 1 or not chunk.final:
+            return chunk
+        if chunk.error_code is not None:
+            return chunk  # one failed choice fails the request
+        self.finished[chunk.index] = (chunk.prompt_tokens, chunk.completion_tokens,
+                                      chunk.cached_tokens)
+        if len(self.finished) < self.n:
+            chunk.final = False
+            chunk.prompt_tokens = chunk.completion_tokens = chunk.cached_tokens = 0
+            return chunk
+        chunk.prompt_tokens, _, chunk.cached_tokens = self.finished[0]
+        chunk.completion_tokens = sum(counts[1] for counts in self.finished.values())
+        return chunk
 
 
 class _Timing:
@@ -151,16 +181,19 @@ class LLMServer:
         timing = _Timing(time.perf_counter())
         pacer = self.pacer
         pacer.live += 1
+        choices = _Choices(request.params.n)
         try:
-            stream = self.engine.generate(request.prompt_token_ids, request.params,
-                                          request.request_id, request.cache_salt)
-            async for output in stream:
-                timing.saw(output)
+            async for index, output in self._outputs(request):
+                if index == 0:
+                    timing.saw(output)
                 if output.finished and output.outputs[0].finish_reason == "error":
                     logger.error("request %s (client id %r) failed: %s", request.request_id,
                                  request.client_request_id, output.error)
-                yield _chunk(output, request.echo_id, self.replica_id)
-                if not output.finished:
+                chunk = choices.mark(_chunk(output, request.echo_id, self.replica_id, index))
+                yield chunk
+                if chunk.error_code is not None:
+                    break  # the other choices are cancelled on the way out
+                if not chunk.final:
                     await pacer.after_item(time.monotonic())
         except ServiceError as exc:
             timing.failed = True
@@ -182,7 +215,17 @@ class LLMServer:
 
     def _error(self, request: ServeRequest, status: Status, message: str) -> ServeChunk:
         return ServeChunk(request.echo_id, finish_reason="error", error_code=status,
-                          error=message, replica_id=self.replica_id)
+                          error=message, replica_id=self.replica_id, final=True)
+
+    def _outputs(self, request: ServeRequest) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """The engine's outputs with their choice index; several choices run as engine
+        requests of their own over the same prompt (serve/engine/choices.py)."""
+        n = request.params.n
+        streams = [self.engine.generate(request.prompt_token_ids, choice_params(request.params, i),
+                                        choice_request_id(request.request_id, i, n),
+                                        request.cache_salt)
+                   for i in range(n)]
+        return interleave(streams)
 
     async def stats(self) -> dict[str, Any]:
         stats = await self._engine_stats()

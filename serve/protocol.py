@@ -33,7 +33,12 @@ class ServeRequest:
 
 @dataclass
 class ServeChunk:
-    """New output since the previous chunk of the same request."""
+    """New output of one choice since the previous chunk of that choice.
+
+    A request for several choices (``n``) streams its choices' chunks interleaved, each
+    with its ``index``; ``finish_reason`` ends one choice, ``final`` the whole request (the
+    last chunk: it carries the usage, with the prompt counted once).
+    """
 
     request_id: str
     text: str = ""
@@ -45,6 +50,8 @@ class ServeChunk:
     completion_tokens: int = 0
     cached_tokens: int = 0
     replica_id: str = ""
+    index: int = 0
+    final: bool = False
     # Errors travel in-band: raising through Serve would reach the client as INTERNAL with a
     # stack trace, so the replica reports the status and the Ingress maps it (serve/errors.py).
     error_code: Status | None = None
@@ -52,8 +59,8 @@ class ServeChunk:
 
 
 def merge_chunks(chunks: list[ServeChunk]) -> ServeChunk:
-    """One chunk in place of consecutive chunks of one request: new output joined, the
-    finish, usage and error from the last (only the last of a request carries them)."""
+    """One chunk in place of consecutive chunks of one choice: new output joined, the
+    finish, usage and error from the last (only the last of a choice carries them)."""
     if len(chunks) == 1:
         return chunks[0]
     last = chunks[-1]

@@ -29,6 +29,10 @@ def _check_lists(values: dict[str, Any], limits: Limits) -> None:
     if len(token_ids) > limits.max_stop_token_ids:
         raise InvalidRequestError(f"{len(token_ids)} stop token ids; this service takes at "
                                   f"most {limits.max_stop_token_ids}: send fewer")
+    n = values.get("n")
+    if isinstance(n, int) and n > limits.max_choices:
+        raise InvalidRequestError(f"n is {n}; this service makes at most {limits.max_choices} "
+                                  "choices per request: ask for fewer")
     logprobs = values.get("logprobs")
     if isinstance(logprobs, int) and logprobs > limits.max_logprobs:
         raise InvalidRequestError(f"logprobs is {logprobs}; this service returns at most "

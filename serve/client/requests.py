@@ -41,6 +41,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "top_p": (0.0, 1.0),
     "min_p": (0.0, 1.0),
     "logprobs": (0, 20),
+    "n": (1, math.inf),
 }
 
 
@@ -62,6 +63,7 @@ class SamplingOptions(TypedDict, total=False):
     logprobs: int | None
     min_tokens: int | None
     include_stop_str_in_output: bool | None
+    n: int | None  # choices; their chunks arrive interleaved, each with its index
 
 
 class GenerateOptions(SamplingOptions, total=False):
@@ -71,6 +73,8 @@ class GenerateOptions(SamplingOptions, total=False):
     cache_salt: str | None  # tenants with different salts never share prefix-cache blocks
     request_id: str | None  # echoed back; the server makes one when empty
     timeout_s: float | None  # this call's deadline; default: the client's timeout_s
+    # Chat only: the last message is the assistant's, and the answer continues its text.
+    continue_final_message: bool | None
 
 
 def _unknown(name: str, known: frozenset[str]) -> ValueError:
@@ -170,6 +174,12 @@ def chat_message_list(messages: Messages) -> list[llm_pb2.ChatMessage]:
 def chat_request(messages: Messages, options: Mapping[str, Any]) -> llm_pb2.ChatRequest:
     request = llm_pb2.ChatRequest()
     request.messages.extend(chat_message_list(messages))
+    options = dict(options)
+    continue_final = options.pop("continue_final_message", None)
+    if continue_final is not None:
+        if not isinstance(continue_final, bool):
+            raise ValueError(f"continue_final_message must be a bool, got {continue_final!r}")
+        request.continue_final_message = continue_final
     return _fill(request, options)
 
 

@@ -54,11 +54,13 @@ class StreamChunk:
     replica_id: str = ""
     request_id: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    index: int = 0  # the choice (0 unless the request asked for n > 1)
 
 
 @dataclass(slots=True)
 class Completion:
-    """A whole response: the chunks of a stream joined."""
+    """A whole response: the chunks of a stream joined. With ``n`` > 1 this is choice 0,
+    and ``choices`` lists every choice in index order; ``usage`` counts them all."""
 
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
@@ -68,8 +70,25 @@ class Completion:
     replica_id: str = ""
     request_id: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # The choices after the first, by index.
+    others: dict[int, Completion] = field(default_factory=dict)
+
+    @property
+    def choices(self) -> list[Completion]:
+        return [self] + [self.others[index] for index in sorted(self.others)]
 
     def add(self, chunk: StreamChunk) -> None:
+        if chunk.index:
+            self.usage = chunk.usage or self.usage
+            other = self.others.get(chunk.index)
+            if other is None:
+                other = self.others[chunk.index] = Completion()
+            other.add_own(chunk)
+        else:
+            self.add_own(chunk)
+
+    def add_own(self, chunk: StreamChunk) -> None:
+        """A chunk of this choice."""
         self.text += chunk.text
         self.token_ids.extend(chunk.token_ids)
         self.logprobs.extend(chunk.logprobs)
@@ -116,6 +135,7 @@ def chunk_from_proto(response: llm_pb2.GenerateResponse) -> StreamChunk:
         replica_id=response.replica_id,
         request_id=response.request_id,
         logprobs=logprobs,
+        index=response.index,
     )
 
 

@@ -109,6 +109,9 @@ class LLMEngine:
             raise EngineDeadError(self.dead_reason)
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        if params.n != 1:  # the callers fan out (serve/engine/choices.py)
+            raise InvalidRequestError(f"an engine request makes one choice, got n={params.n}: "
+                                      "add one request per choice")
         if isinstance(prompt, str):
             text, token_ids = prompt, self.tokenizer.encode(prompt)
         else:

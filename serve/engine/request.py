@@ -131,7 +131,7 @@ class RequestOutput:
     @property
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": len(self.prompt_token_ids),
-                "completion_tokens": self.outputs[0].num_tokens,
+                "completion_tokens": sum(output.num_tokens for output in self.outputs),
                 "cached_tokens": self.num_cached_tokens}
 
 

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.errors import ServiceError, Status, downstream_error
-from serve.openai.format import ChatFormat, CompletionFormat, Output, sse
+from serve.openai.format import ChatFormat, CompletionFormat, Outputs, sse
 from serve.openai.protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -68,7 +68,7 @@ class OpenAIServer:
 
     async def chat_completions(self, request: Request) -> Response:
         def prompt(body: ChatCompletionRequest) -> list[int]:
-            return self.ingress.chat_prompt(body.chat_messages())
+            return self.ingress.chat_prompt(body.chat_messages(), body.continue_final_message)
 
         return await self._generate(request, ChatCompletionRequest, prompt, ChatFormat,
                                     "chatcmpl")
@@ -129,21 +129,21 @@ class OpenAIServer:
             include_usage=body.include_usage)
         stream = ingress.open_stream(serve_request)
         if body.stream:
-            return await self._stream(stream, output_format)
+            return await self._stream(stream, output_format, params.n)
         return await self._complete(stream, output_format)
 
     async def _complete(self, stream: Any, output_format: Any) -> Response:
-        output = Output()
+        outputs = Outputs()
         done = False
         try:
             async for chunk in stream:
                 if chunk.error_code is not None:
                     done = True
                     return error_response(_chunk_error(chunk))
-                output.add(chunk)
-                if chunk.finish_reason is not None:
+                outputs.add(chunk)
+                if chunk.final:
                     done = True
-                    return JSONResponse(output_format.response(output, chunk))
+                    return JSONResponse(output_format.response(outputs, chunk))
         except Exception as exc:
             done = True
             return error_response(_call_error(exc))
@@ -153,7 +153,7 @@ class OpenAIServer:
         return error_response(ApiError.from_status(Status.INTERNAL,
                                                     "the model server ended the stream early"))
 
-    async def _stream(self, stream: Any, output_format: Any) -> Response:
+    async def _stream(self, stream: Any, output_format: Any, n: int) -> Response:
         """Wait for the first chunk, so that errors found before any output (a prompt too
         long for the engine, a full queue) still get their HTTP status; then stream SSE."""
         try:
@@ -168,14 +168,14 @@ class OpenAIServer:
             raise
         if first.error_code is not None:
             return error_response(_chunk_error(first))
-        return StreamingResponse(self._events(first, stream, output_format),
+        return StreamingResponse(self._events(first, stream, output_format, n),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
-    async def _events(self, first: ServeChunk, stream: Any,
-                      output_format: Any) -> AsyncIterator[str]:
+    async def _events(self, first: ServeChunk, stream: Any, output_format: Any,
+                      n: int) -> AsyncIterator[str]:
         finished = False
         try:
-            for opening in output_format.opening():
+            for opening in output_format.opening(n):
                 yield sse(opening)
             chunk: ServeChunk | None = first
             while chunk is not None:
@@ -186,8 +186,9 @@ class OpenAIServer:
                 if chunk.text or chunk.token_ids:
                     yield sse(output_format.delta(chunk))
                 if chunk.finish_reason is not None:
+                    yield sse(output_format.final(chunk.finish_reason, chunk.index))
+                if chunk.final:
                     finished = True
-                    yield sse(output_format.final(chunk.finish_reason))
                     if output_format.include_usage:
                         yield sse(output_format.usage_chunk(chunk))
                     break

@@ -22,7 +22,7 @@ from serve.sampling_limits import MaxTokensError, limited_sampling_params
 
 # Optional sampling fields passed to SamplingParams only when set.
 _NUMERIC_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
-                   "frequency_penalty", "repetition_penalty", "seed", "min_tokens")
+                   "frequency_penalty", "repetition_penalty", "seed", "min_tokens", "n")
 
 # Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER_S = 1
@@ -91,9 +91,6 @@ class _SamplingRequest(BaseModel):
     cache_salt: str | None = None  # extension: separates tenants' prefix caches
 
     def check_supported(self) -> None:
-        if self.n not in (None, 1):
-            raise bad_request(f"n is {self.n}; this service returns one choice per request: "
-                              "leave n out (or send 1) and make separate requests", "n")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported: leave it out", "logit_bias")
         if self.stream_options is not None and not self.stream:
@@ -139,9 +136,20 @@ class ChatCompletionRequest(_SamplingRequest):
     tool_choice: Any = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
+    # Extensions (vLLM's names): continue the final assistant message instead of answering
+    # it; add_generation_prompt false must come with it (a new turn cannot be left out).
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
     def check_supported(self) -> None:
         super().check_supported()
+        if self.continue_final_message and self.add_generation_prompt:
+            raise bad_request("continue_final_message needs add_generation_prompt: false (the "
+                              "final message is continued, no new turn is opened)",
+                              "add_generation_prompt")
+        if not self.continue_final_message and not self.add_generation_prompt:
+            raise bad_request("add_generation_prompt: false is only supported with "
+                              "continue_final_message: true", "add_generation_prompt")
         if self.tools or self.functions or self.tool_choice not in (None, "none"):
             raise bad_request("tool calling is not supported: leave out tools, functions and "
                               "tool_choice", "tools")
@@ -195,8 +203,9 @@ class CompletionRequest(_SamplingRequest):
             raise bad_request("echo is not supported: leave it out (or send false)", "echo")
         if self.suffix:
             raise bad_request("suffix is not supported: leave it out", "suffix")
-        if self.best_of not in (None, 1):
-            raise bad_request(f"best_of is {self.best_of}; only 1 is supported", "best_of")
+        if self.best_of not in (None, 1, self.n):
+            raise bad_request(f"best_of is {self.best_of}; only best_of equal to n (every "
+                              "choice returned) is supported: leave it out", "best_of")
 
     def requested_logprobs(self) -> int | None:
         return self.logprobs

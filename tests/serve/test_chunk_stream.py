@@ -82,3 +82,16 @@ def test_output_before_an_error_or_a_failure_comes_first() -> None:
         assert failing.cancelled
 
     asyncio.run(run())
+
+
+def test_chunks_of_different_choices_are_never_joined() -> None:
+    async def run() -> list[tuple[int, str]]:
+        source = Source()
+        stream = CoalescingStream(source)
+        for index, text in [(0, "a"), (0, "b"), (1, "x"), (0, "c"), (1, "y")]:
+            source.items.put_nowait(chunk(text, 1, index=index))
+        source.items.put_nowait(None)
+        await asyncio.sleep(0.05)  # everything is waiting before the first read
+        return [(item.index, item.text) async for item in stream]
+
+    assert asyncio.run(run()) == [(0, "ab"), (1, "x"), (0, "c"), (1, "y")]

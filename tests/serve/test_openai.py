@@ -209,7 +209,7 @@ def test_errors_are_openai_shaped(service: Service) -> None:
     assert_error(service.get("/v1/models", key=None), 401)
     assert_error(service.post("/v1/chat/completions", {**chat, "temperature": -0.5}), 400,
                  "temperature", "-0.5")
-    assert_error(service.post("/v1/chat/completions", {**chat, "n": 2}), 400, "n is 2")
+    assert_error(service.post("/v1/chat/completions", {**chat, "n": 9}), 400, "n is 9")
     assert_error(service.post("/v1/completions", {"prompt": "hi", "echo": True}), 400, "echo")
     assert_error(service.post("/v1/completions", {"prompt": "hi", "max_tokens": "many"}), 400,
                  "max_tokens")
