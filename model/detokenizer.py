@@ -115,30 +115,34 @@ class IncrementalDetokenizer:
     cache: DecodeCache | None = field(default=None, repr=False)
     _window_ids: list[int] = field(default_factory=list, init=False, repr=False)
     _read_offset: int = field(default=0, init=False, repr=False)
-    _prefix_text: str = field(default="", init=False, repr=False)
+    # The anchor's text; None: not decoded yet, the anchor being one plain piece (its text
+    # is then only needed when a later step takes the slow path).
+    _prefix_text: str | None = field(default="", init=False, repr=False)
 
     def step(self, token_id: int) -> str:
         """Add one generated token; return the new text that is safe to emit (maybe "")."""
-        if self.skip_special_tokens and token_id in self.tokenizer.special_token_ids:
+        if self.skip_special_tokens and token_id in self._special_ids:
             return ""
         appended = self._appended
-        if (appended is not None and self._read_offset == 1 and len(self._window_ids) == 1
-                and token_id in appended and self._window_ids[0] in appended):
-            # Anchor and token are both plain pieces: the token adds its own text. The
-            # state moves on exactly as below: the token becomes the one-token anchor.
-            assert self.cache is not None
-            self._window_ids[0] = token_id
-            self._prefix_text = self.cache.text(token_id, self.skip_special_tokens)
-            return appended[token_id]
-        self._window_ids.append(token_id)
-        num_pending = len(self._window_ids) - self._read_offset
+        window = self._window_ids
+        if appended is not None and self._read_offset == 1 and len(window) == 1:
+            new = appended.get(token_id)
+            if new is not None and window[0] in appended:
+                # Anchor and token are both plain pieces: the token adds its own text. The
+                # state moves on exactly as below: the token becomes the one-token anchor.
+                window[0] = token_id
+                self._prefix_text = None
+                return new
+        window.append(token_id)
+        num_pending = len(window) - self._read_offset
         if self._is_byte_piece(token_id) and num_pending < _MAX_HELD_BYTE_PIECES:
             return ""
-        text = self._decode(self._window_ids)
-        if len(text) <= len(self._prefix_text) or text.endswith(_REPLACEMENT_CHAR):
+        text = self._decode(window)
+        prefix = self._prefix()
+        if len(text) <= len(prefix) or text.endswith(_REPLACEMENT_CHAR):
             # Nothing new, or a character still waits for its remaining bytes.
             return ""
-        new_text = text[len(self._prefix_text) :]
+        new_text = text[len(prefix) :]
         # The tokens just emitted become the anchor of the next window.
         self._window_ids = self._window_ids[self._read_offset :]
         self._read_offset = len(self._window_ids)
@@ -151,7 +155,7 @@ class IncrementalDetokenizer:
         if self._read_offset == len(self._window_ids):
             return ""
         text = self._decode(self._window_ids)
-        new_text = text[len(self._prefix_text) :]
+        new_text = text[len(self._prefix()) :]
         self._window_ids = self._window_ids[self._read_offset :]
         self._read_offset = len(self._window_ids)
         self._prefix_text = self._decode(self._window_ids)
@@ -162,6 +166,12 @@ class IncrementalDetokenizer:
             self.cache = DecodeCache.of(self.tokenizer)
         self._byte_pieces = self.cache.byte_pieces
         self._appended = self.cache.appended
+        self._special_ids = self.tokenizer.special_token_ids
+
+    def _prefix(self) -> str:
+        if self._prefix_text is None:
+            self._prefix_text = self._decode(self._window_ids[:1])
+        return self._prefix_text
 
     def _is_byte_piece(self, token_id: int) -> bool:
         return token_id in self._byte_pieces
