@@ -30,6 +30,9 @@ from bench.prefix_routing import free_port  # noqa: E402
 from model.random_checkpoint import random_prompts, write_tiny_checkpoint  # noqa: E402
 from serve.client.load import Outcome, StreamSpec, percentile, run_streams  # noqa: E402
 
+# torch threads in a CPU LLMServer replica (OMP_NUM_THREADS, which Ray sets from num_cpus).
+REPLICA_THREADS = 1
+
 
 def latency_figures(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
     tokens = sum(o.tokens for o in outcomes)
@@ -46,10 +49,14 @@ def latency_figures(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
             "itl_p50_ms": ms(percentile(gaps, 0.5)), "itl_p99_ms": ms(percentile(gaps, 0.99))}
 
 
-def offline(model: str, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
+def offline(model: str, prompts: list[list[int]], args: argparse.Namespace,
+            threads: int) -> dict[str, Any]:
+    import torch
+
     from model.sampling_params import SamplingParams
     from serve.llm import LLM
 
+    torch.set_num_threads(threads)
     with LLM(model, dtype="float32", num_kv_blocks=args.num_kv_blocks,
              max_num_seqs=args.max_num_seqs) as llm:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
@@ -71,7 +78,7 @@ def offline(model: str, prompts: list[list[int]], args: argparse.Namespace) -> d
         seconds = time.perf_counter() - start
     ttft = list(first.values())
     return {"tok_per_s": round(tokens / seconds, 1), "tokens": tokens,
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds, 3), "torch_threads": threads,
             "ttft_p50_ms": round(1e3 * (percentile(ttft, 0.5) or 0.0), 2),
             "ttft_p99_ms": round(1e3 * (percentile(ttft, 0.99) or 0.0), 2)}
 
@@ -156,12 +163,25 @@ def main() -> None:
     common = {"bench": "service_throughput", "streams": args.streams,
               "prompt_len": args.prompt_len, "max_tokens": args.max_tokens,
               "max_num_seqs": args.max_num_seqs, "cpus": os.cpu_count()}
-    engine = offline(model, prompts, args)
-    print(json.dumps({**common, "path": "offline_engine", **engine}), flush=True)
+    # The offline engine with torch's own thread count, and with the LLMServer replica's: Ray
+    # gives an actor that books under one CPU one OpenMP thread, which is also what a CPU
+    # replica should use beside the proxy, Ingress and clients (a second thread on a busy
+    # machine makes every matmul wait for a descheduled thread).
+    import torch
+
+    default_threads = torch.get_num_threads()
+    engines = {}
+    for threads in sorted({default_threads, REPLICA_THREADS}, reverse=True):
+        engines[threads] = offline(model, prompts, args, threads)
+        print(json.dumps({**common, "path": "offline_engine", **engines[threads]}), flush=True)
+    torch.set_num_threads(default_threads)
     for path, figures in service(model, prompts, args).items():
-        ratio = round(figures["tok_per_s"] / engine["tok_per_s"], 3)
-        print(json.dumps({**common, "path": path, **figures, "ratio_to_offline": ratio}),
-              flush=True)
+        ratios = {f"ratio_to_offline_{threads}_threads":
+                  round(figures["tok_per_s"] / engine["tok_per_s"], 3)
+                  for threads, engine in engines.items()}
+        print(json.dumps({**common, "path": path, **figures,
+                          "ratio_to_offline": ratios[f"ratio_to_offline_{default_threads}_threads"],
+                          **ratios}), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ from serve.engine.config import EngineConfig, EngineOptions, StrictModel
 API_KEY_ENV = "MISTRAL_SERVE_API_KEY"
 REDIS_URL_ENV = "MISTRAL_SERVE_REDIS_URL"
 MODEL_ENV = "MISTRAL_SERVE_MODEL"
+# For a Ray that the service starts itself (set before ray.init, so its processes inherit
+# it): Serve kills a proxy that is not ready after three 5 s checks, and on a busy small
+# machine a cold proxy (importing Serve and grpc) can take longer than that.
+LOCAL_RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 class AutoscalingBounds(StrictModel):

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 from model.random_checkpoint import write_tiny_checkpoint  # noqa: E402
 from model.smollm2 import ensure_smollm2  # noqa: E402
+from serve.config import LOCAL_RAY_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +30,7 @@ def smollm2_dir() -> Path:
 # One Ray cluster for the whole session. Exactly 4 CPUs: a worker group or Serve replica
 # that leaks its resources makes a later test fail instead of passing by luck.
 NUM_CPUS = 4
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           # Serve kills a proxy that is not ready after three 5 s checks; on a busy 2-core
-           # machine a cold proxy (importing Serve and grpc) can take longer than that.
-           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_RAY_ENV}
 
 
 @pytest.fixture(scope="session")
