@@ -1,5 +1,6 @@
-"""Tokenizers, chat formats and the incremental detokenizer, checked against the references:
-mistral_common (Mistral v1 ids) and transformers (HF chat templates)."""
+"""Tokenizers and chat formats, checked against the references: mistral_common (Mistral v1
+ids) and transformers (HF chat templates). The detokenizer's tests are in
+test_detokenizer.py; the shared texts and fixtures in tokenizer_cases.py and conftest.py."""
 
 from __future__ import annotations
 
@@ -8,15 +9,13 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from model.detokenizer import DecodeCache, IncrementalDetokenizer
 from model.tokenizer import (
     HFTokenizer,
     MistralV1Tokenizer,
@@ -24,174 +23,15 @@ from model.tokenizer import (
     bundled_mistral_v1_path,
     load_tokenizer,
 )
+from tests.model.tokenizer_cases import (
+    CHATML_TEMPLATE,
+    CHATS,
+    STREAM_TEXTS,
+    random_ids,
+    stream_pieces,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' and loop.first %}"
-    "{{ raise_exception('The first message must not be from the assistant') }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-# The template in Mistral-7B-Instruct-v0.2's tokenizer_config.json.
-MISTRAL_HF_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}"
-    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
-    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
-    "{% endif %}{% endfor %}"
-)
-
-# Emoji, CJK, accents, and characters missing from the Mistral vocabulary (byte fallback).
-STREAM_TEXTS = {
-    "ascii": "Hello world, this is a test of streaming.",
-    "accents": "Café, naïve résumé — déjà vu à l'hôtel ñandú Ærøskøbing.",
-    "cjk": "日本語のテキストと中文文本,한국어 텍스트도 있습니다。",
-    "emoji": "Party time 🎉😀 with a parrot 🦜 and a coder 👩‍💻!",
-    "byte_fallback": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ 龘 🦜🦜 done",
-    "mixed_lines": "  leading spaces\n\ttabs\nand trailing  \n€100 → ∞ ≈ π\n",
-}
-
-CHATS: dict[str, list[dict[str, str]]] = {
-    "one_turn": [{"role": "user", "content": "Hello!"}],
-    "one_turn_system": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
-    ],
-    "three_turns": [
-        {"role": "user", "content": "Hi, who are you?"},
-        {"role": "assistant", "content": "I am an assistant."},
-        {"role": "user", "content": "What can you do?"},
-        {"role": "assistant", "content": "Answer questions."},
-        {"role": "user", "content": "Great, thanks."},
-    ],
-    "three_turns_system_unicode": [
-        {"role": "system", "content": "Réponds en français, s'il te plaît. 🇫🇷"},
-        {"role": "user", "content": "Translate 日本語 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🦜"},
-        {"role": "assistant", "content": "« japonais » et « unicode » 😀"},
-        {"role": "user", "content": "Merci ! 👩‍💻"},
-        {"role": "assistant", "content": "De rien — ꙮ 龘"},
-        {"role": "user", "content": "Et ça ?"},
-    ],
-    "five_turns_system": [
-        {"role": "system", "content": "Be terse.\nUse lists."},
-        *[
-            message
-            for i in range(4)
-            for message in (
-                {"role": "user", "content": f"  question {i}\n with lines  "},
-                {"role": "assistant", "content": f"answer {i}\n- item\n- item "},
-            )
-        ],
-        {"role": "user", "content": "last question"},
-    ],
-    "two_system_messages": [
-        {"role": "system", "content": "First rule."},
-        {"role": "system", "content": "Second rule."},
-        {"role": "user", "content": "Go."},
-        {"role": "assistant", "content": "Going."},
-        {"role": "user", "content": "Stop."},
-    ],
-    "empty_system_and_user": [
-        {"role": "system", "content": ""},
-        {"role": "user", "content": ""},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def mistral() -> MistralV1Tokenizer:
-    return MistralV1Tokenizer.from_file()
-
-
-@pytest.fixture(scope="module")
-def reference() -> MistralTokenizer:
-    return MistralTokenizer.v1()
-
-
-def _train_byte_level_bpe(directory: Path) -> None:
-    """A tiny byte-level BPE with ChatML special tokens; merges cut multi-byte characters."""
-    from tokenizers import Tokenizer as RawTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    raw = RawTokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(list(STREAM_TEXTS.values()) * 20, trainer)
-    raw.save(str(directory / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "chat_template": CHATML_TEMPLATE,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("chatml")
-    _train_byte_level_bpe(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def hf_mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Mistral's tokenizer.model converted by transformers to tokenizer.json (a Llama-style
-    Metaspace/ByteFallback/Strip pipeline), with the HF Mistral-Instruct template."""
-    transformers = pytest.importorskip("transformers")
-    source = tmp_path_factory.mktemp("mistral_sp")
-    shutil.copy(bundled_mistral_v1_path(), source / "tokenizer.model")
-    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
-    (source / "tokenizer_config.json").write_text(json.dumps(config))
-    converted = tmp_path_factory.mktemp("mistral_hf")
-    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(converted)
-    config_path = converted / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = MISTRAL_HF_TEMPLATE
-    config_path.write_text(json.dumps(config))
-    (converted / "chat_template.jinja").unlink(missing_ok=True)
-    return converted
-
-
-def _stream(
-    tokenizer: Tokenizer, ids: Sequence[int], skip_special_tokens: bool = True
-) -> list[str]:
-    detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
-    pieces = [detokenizer.step(token_id) for token_id in ids]
-    pieces.append(detokenizer.flush())
-    return pieces
-
-
-def _random_ids(rng: random.Random, tokenizer: Tokenizer, byte_ids: Sequence[int]) -> list[int]:
-    """Random streams, heavy in byte tokens and special tokens: the cases that break naive
-    detokenizers (split characters, invalid bytes, a window starting at </s>)."""
-    specials = sorted(tokenizer.special_token_ids)
-    ids = []
-    for _ in range(rng.randint(1, 25)):
-        r = rng.random()
-        if r < 0.35:
-            ids.append(rng.choice(byte_ids))
-        elif r < 0.45:
-            ids.append(rng.choice(specials))
-        else:
-            ids.append(rng.randrange(tokenizer.vocab_size))
-    return ids
-
 
 # --- import cost -------------------------------------------------------------------------
 
@@ -324,95 +164,6 @@ def test_chat_validation_errors(
         mistral.apply_chat_template(messages)
 
 
-# --- incremental detokenizer -------------------------------------------------------------
-
-
-def test_detokenizer_holds_split_characters(mistral: MistralV1Tokenizer) -> None:
-    ids = mistral.encode("Hello 🦜!", add_bos=False)
-    assert mistral.convert_ids_to_tokens(ids) == [
-        "▁Hello", "▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0x9C>", "!",
-    ]  # fmt: skip
-    # The byte pieces are held until their run ends with "!".
-    assert _stream(mistral, ids) == ["Hello", " ", "", "", "", "", "🦜!", ""]
-
-
-@pytest.mark.parametrize("name", list(STREAM_TEXTS))
-def test_mistral_stream_equals_decode(mistral: MistralV1Tokenizer, name: str) -> None:
-    text = STREAM_TEXTS[name]
-    ids = [mistral.bos_token_id, *mistral.encode(text, add_bos=False), mistral.eos_token_id]
-    pieces = _stream(mistral, ids)
-    assert "".join(pieces) == mistral.decode(ids) == text
-    assert not any("\ufffd" in piece for piece in pieces)
-    # Streaming, not buffering: text comes out at least word by word.
-    assert sum(bool(piece) for piece in pieces[:-1]) >= len(text.split())
-    kept = _stream(mistral, ids, skip_special_tokens=False)
-    assert "".join(kept) == mistral.decode(ids, skip_special_tokens=False) == f"<s> {text}</s>"
-
-
-def test_byte_fallback_text_really_uses_byte_tokens(mistral: MistralV1Tokenizer) -> None:
-    pieces = mistral.convert_ids_to_tokens(mistral.encode(STREAM_TEXTS["byte_fallback"]))
-    assert sum(piece.startswith("<0x") for piece in pieces) >= 12
-
-
-def test_mistral_random_streams_equal_decode(mistral: MistralV1Tokenizer) -> None:
-    rng = random.Random(1234)
-    byte_ids = [i for i in range(mistral.vocab_size) if mistral.sp.IsByte(i)]
-    for _ in range(300):
-        ids = _random_ids(rng, mistral, byte_ids)
-        for skip in (True, False):
-            assert "".join(_stream(mistral, ids, skip)) == mistral.decode(ids, skip), ids
-
-
-def test_flush_emits_an_unfinished_character(mistral: MistralV1Tokenizer) -> None:
-    ids = mistral.encode("ok 🦜", add_bos=False)[:-2]  # cut the emoji's last two bytes
-    pieces = _stream(mistral, ids)
-    assert pieces[-1] == "\ufffd" * 2  # held back until the end, as decode renders it
-    assert "".join(pieces) == mistral.decode(ids)
-
-
-@dataclass(eq=False)
-class _RecordingTokenizer:
-    """Delegates to a tokenizer and records how many ids each decode call gets."""
-
-    inner: MistralV1Tokenizer
-    decode_sizes: list[int] = field(default_factory=list)
-
-    @property
-    def special_token_ids(self) -> frozenset[int]:
-        return self.inner.special_token_ids
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        self.decode_sizes.append(len(ids))
-        return self.inner.decode(ids, skip_special_tokens)
-
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
-        return self.inner.convert_ids_to_tokens(ids)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [" ".join(STREAM_TEXTS.values()) * 20, "𝔘" * 600],  # the second: 2,400 byte pieces in a row
-)
-def test_detokenizer_decodes_a_bounded_window(mistral: MistralV1Tokenizer, text: str) -> None:
-    recording = _RecordingTokenizer(mistral)
-    ids = mistral.encode(text, add_bos=False)
-    assert len(ids) > 2000
-    # The tokenizer's one-token texts are read once, for every stream on it: not counted.
-    cache = DecodeCache.of(recording)  # type: ignore[arg-type]
-    cache.text(0, True), cache.text(0, False)
-    recording.decode_sizes.clear()
-    pieces = _stream(recording, ids)  # type: ignore[arg-type]
-    assert "".join(pieces) == mistral.decode(ids) == text
-    # Anchor and pending tokens are each at most 16 held byte pieces + 3 bytes of a character;
-    # never the whole stream.
-    assert max(recording.decode_sizes) <= 2 * (16 + 3) + 1
-    assert len(recording.decode_sizes) <= 2 * len(ids)
-
-
 # --- HF tokenizer.json + Jinja template --------------------------------------------------
 
 HF_CHATS = [CHATS["one_turn"], CHATS["three_turns"], CHATS["three_turns_system_unicode"]]
@@ -471,32 +222,6 @@ def test_hf_chat_template_from_jinja_file_or_missing(hf_dir: Path, tmp_path: Pat
     ).apply_chat_template(CHATS["one_turn"])
 
 
-def test_hf_byte_level_stream_equals_decode(hf_dir: Path) -> None:
-    tokenizer = load_tokenizer(hf_dir)
-    split_characters = 0
-    for text in STREAM_TEXTS.values():
-        ids = tokenizer.encode(text)
-        split_characters += sum("\ufffd" in tokenizer.decode([i]) for i in ids)
-        pieces = _stream(tokenizer, ids)
-        assert "".join(pieces) == tokenizer.decode(ids) == text
-        assert not any("\ufffd" in piece for piece in pieces)
-    # The texts must exercise tokens holding part of a multi-byte character.
-    assert split_characters >= 10
-
-
-def test_hf_byte_level_random_streams_equal_decode(hf_dir: Path) -> None:
-    tokenizer = load_tokenizer(hf_dir)
-    assert isinstance(tokenizer, HFTokenizer)
-    rng = random.Random(99)
-    # Tokens that are a stray byte of a multi-byte character (they decode to U+FFFD alone).
-    byte_ids = [i for i in range(tokenizer.vocab_size) if "\ufffd" in tokenizer.decode([i])]
-    assert len(byte_ids) >= 64
-    for _ in range(300):
-        ids = _random_ids(rng, tokenizer, byte_ids)
-        for skip in (True, False):
-            assert "".join(_stream(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
-
-
 def test_hf_mistral_tokenizer_json(hf_mistral_dir: Path, mistral: MistralV1Tokenizer) -> None:
     """The same vocabulary through tokenizer.json: same ids, and the Llama-style decoder
     (which strips the first space) streams exactly too."""
@@ -523,9 +248,9 @@ def test_hf_mistral_tokenizer_json(hf_mistral_dir: Path, mistral: MistralV1Token
     rng = random.Random(7)
     byte_ids = [i for i in range(mistral.vocab_size) if mistral.sp.IsByte(i)]
     for _ in range(200):
-        ids = _random_ids(rng, tokenizer, byte_ids)
+        ids = random_ids(rng, tokenizer, byte_ids)
         for skip in (True, False):
-            assert "".join(_stream(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
+            assert "".join(stream_pieces(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
 
 
 @pytest.mark.slow
@@ -545,7 +270,7 @@ def test_smollm2_default_checkpoint(smollm2_dir: Path) -> None:
     for text in STREAM_TEXTS.values():
         ids = tokenizer.encode(text)
         assert ids == reference.encode(text)
-        assert "".join(_stream(tokenizer, ids)) == reference.decode(ids) == text
+        assert "".join(stream_pieces(tokenizer, ids)) == reference.decode(ids) == text
 
 
 # --- load_tokenizer ----------------------------------------------------------------------
@@ -619,16 +344,3 @@ def test_load_tokenizer_newer_mistral_tokenizer_file_is_rejected(tmp_path: Path,
     (tmp_path / name).write_text("")
     with pytest.raises(ValueError, match=f"{name}: a newer Mistral tokenizer"):
         load_tokenizer(tmp_path)
-
-
-def test_appended_texts_are_what_sentencepiece_decodes(mistral: MistralV1Tokenizer) -> None:
-    """Every entry, after anchors with and without a leading space (and a bare space piece),
-    equals the text a real decode of the two-token window adds."""
-    table = mistral.appended_texts()
-    assert len(table) > 31000
-    anchors = [mistral.sp.piece_to_id(piece) for piece in ("▁the", "ing", "▁▁", "▁", ".")]
-    assert all(anchor in table for anchor in anchors)
-    for anchor in anchors:
-        before = mistral.decode([anchor])
-        for token_id, text in table.items():
-            assert mistral.decode([anchor, token_id])[len(before):] == text, (anchor, token_id)
