@@ -16,8 +16,11 @@ between them. Collecting and rendering N then overlap N+1. What changes against 
 loop is only when work joins and leaves, never a token: a request that stops on a token of
 step N also ran in N+1 (its extra token is dropped, its blocks freed at N's collect), a
 stop string found while rendering ends the request a step later (the same), and a waiting
-request is admitted a step later when N's finishes free its room. When scheduling ahead
-would need a preemption, the loop collects N first and schedules in series.
+request is admitted a step later when N's finishes free its room. Scheduling ahead never
+preempts: short of blocks, it launches the requests that got theirs (the rest wait a step,
+keeping their blocks), and when none did, the loop collects N first and schedules in series.
+So every block a pass registers in the prefix cache belongs to a step that runs: a request
+whose blocks were allocated in a pass is computed by that pass's step.
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ class LLMEngine:
         if self.dead_reason is not None:
             return None
         scheduled = self.scheduler.schedule(ahead)
-        if not scheduled.scheduled or scheduled.incomplete:
+        if not scheduled.scheduled:
             return None
         step, pending = self._build_step(scheduled)
         return Launched(scheduled, self.step_runner.submit(step, pending))

@@ -32,7 +32,7 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
 
     # Set by ``schedule(ahead=True)`` when a running request could not get its blocks
-    # without preempting: the step must be scheduled again once the step before is collected.
+    # without preempting: it and the requests after it wait (no admissions either).
     incomplete: bool = False
 
     @property
@@ -63,8 +63,11 @@ class Scheduler:
     def schedule(self, ahead: bool = False) -> SchedulerOutput:
         """The next step. ``ahead``: the step before has not been collected yet, so its
         sampled tokens are pending; a request whose pending token is its last by length is
-        left out, and a shortage of blocks preempts nobody (it marks the output
-        ``incomplete`` instead, because preempting needs the pending tokens in hand)."""
+        left out, and a shortage of blocks preempts nobody, because preempting needs the
+        pending tokens in hand: the requests scheduled so far are the step, and the output is
+        marked ``incomplete``. (Discarding such a step instead would leave the blocks it
+        registered in the prefix cache without their KV, if their request were then
+        preempted before any step computed them.)"""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         index = 0
