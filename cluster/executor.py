@@ -49,6 +49,8 @@ class RayExecutor:
         self.group = WorkerGroup.start(config, tp_size, self.options)
         self.num_kv_blocks = self.group.num_kv_blocks
         self.max_model_len = self.group.max_model_len
+        self.num_host_blocks = self.group.num_host_blocks
+        self.host_block_bytes = self.group.host_block_bytes
         self.dead_reason: str | None = None
         logger.info("tensor-parallel group of %d ranks on %s: %d KV blocks",
                     self.group.tp_size, self.group.resources.device, self.num_kv_blocks)

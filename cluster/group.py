@@ -69,6 +69,15 @@ class WorkerGroup:
     def max_model_len(self) -> int:
         return self.infos[0].max_model_len
 
+    @property
+    def num_host_blocks(self) -> int:
+        return self.infos[0].num_host_blocks
+
+    @property
+    def host_block_bytes(self) -> int:
+        """Bytes one host block holds over every rank (each holds its shard of it)."""
+        return sum(info.host_block_bytes for info in self.infos)
+
     @classmethod
     def start(cls, config: RunnerConfig, tp: int, options: ClusterOptions) -> WorkerGroup:
         check_model_split(ModelConfig.from_pretrained(config.model), tp)

@@ -54,6 +54,8 @@ class WorkerInfo:
     num_kv_blocks: int  # agreed by every rank
     max_model_len: int
     address: tuple[str, int]  # where the step channel listens
+    num_host_blocks: int = 0  # the KV host tier's blocks, agreed by every rank (0: no tier)
+    host_block_bytes: int = 0  # bytes of one host block on this rank
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,10 @@ class TPWorker:
         self.thread.start()
         logger.info("rank %d/%d ready: %d KV blocks, step channel on %s", self.rank,
                     self.tp_size, blocks, self.server.address)
+        host_tier = self.runner.host_tier
         return WorkerInfo(self.rank, blocks, model.config.max_position_embeddings,
-                          self.server.address)
+                          self.server.address, self.runner.num_host_blocks,
+                          host_tier.bytes_per_block if host_tier is not None else 0)
 
     def _serve(self, accept_timeout_s: float) -> None:
         assert self.server is not None and self.runner is not None

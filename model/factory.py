@@ -15,6 +15,7 @@ from model.config import PRESETS, ModelConfig
 from model.cuda_graph import CudaGraphOptions
 from model.envs import fault_step_delay_s
 from model.kv_cache import KVCacheSpec, allocate_kv_cache, kv_budget_bytes
+from model.kv_host_tier import HostKVTier
 from model.loader import load_dummy_weights, load_weights
 from model.mistral import MistralForCausalLM
 from model.parallel import SINGLE, ParallelContext
@@ -78,12 +79,13 @@ def resolve_device(device: str) -> torch.device:
 def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
                  ctx: ParallelContext = SINGLE,
                  agree_num_blocks: Callable[[int], int] | None = None) -> ModelRunner:
-    """Seed, load this rank's shard, size and allocate its KV cache, wrap both in a runner.
+    """Seed, load this rank's shard, size and allocate its KV cache (and host tier, with
+    ``kv_host_memory``), wrap them in a runner.
 
     ``device`` overrides ``config.device`` (a Ray rank knows its GPU only once it runs).
     ``agree_num_blocks`` turns this rank's block count into the group's: ranks see different
     free memory, but block ids index every rank's cache alike, so all allocate what the
-    tightest rank can hold (an all-reduce MIN at tp > 1).
+    tightest rank can hold (an all-reduce MIN at tp > 1); host block ids too.
     """
     device = device if device is not None else resolve_device(config.device)
     # Unseeded sampling happens on rank 0 only; seeding here makes it the same at every tp.
@@ -101,6 +103,14 @@ def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
     caches = allocate_kv_cache(spec, num_blocks, device)
     logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, config.block_size,
                 num_blocks * spec.bytes_per_block / 2**20)
+    host_tier = None
+    if config.kv_host_memory:
+        num_host_blocks = spec.num_blocks_for(config.kv_host_memory)
+        if agree_num_blocks is not None:
+            num_host_blocks = agree_num_blocks(num_host_blocks)
+        host_tier = HostKVTier(spec, num_host_blocks, device)
+        logger.info("KV host tier: %d blocks (%.1f MiB)", num_host_blocks,
+                    host_tier.num_bytes / 2**20)
     graphs = CudaGraphOptions(config.cuda_graphs, config.cuda_graph_max_batch_size)
     return ModelRunner(model, caches, config.block_size, device, graphs,
-                       step_delay_s=fault_step_delay_s())
+                       step_delay_s=fault_step_delay_s(), host_tier=host_tier)

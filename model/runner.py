@@ -15,6 +15,7 @@ import torch
 
 from model.attention.metadata import AttentionMetadata
 from model.cuda_graph import CudaGraphOptions, DecodeGraphRunner
+from model.kv_host_tier import HostKVTier, LayerWaits
 from model.mistral import MistralForCausalLM
 from model.sampler import Sampler, SamplingBatch, make_generator
 from model.sampling_params import SamplingParams
@@ -94,15 +95,18 @@ def build_step_tensors(step: StepInput, block_size: int, sliding_window: int | N
 
 class ModelRunner:
     """``cuda_graphs``: replay decode-only steps from CUDA graphs where the device and the
-    attention backend allow it (None: always eager). Graphs are captured here, at start."""
+    attention backend allow it (None: always eager). Graphs are captured here, at start.
+    ``host_tier``: where the step's ``copies`` move evicted and restored blocks (None: the
+    engine sends none)."""
 
     def __init__(self, model: MistralForCausalLM, kv_caches: list[torch.Tensor],
                  block_size: int, device: torch.device,
-                 cuda_graphs: CudaGraphOptions | None = None, step_delay_s: float = 0.0
-                 ) -> None:
+                 cuda_graphs: CudaGraphOptions | None = None, step_delay_s: float = 0.0,
+                 host_tier: HostKVTier | None = None) -> None:
         self.model = model
         self.step_delay_s = step_delay_s  # fault injection only (model/envs.py)
         self.kv_caches = kv_caches
+        self.host_tier = host_tier
         self.block_size = block_size
         self.device = device
         self.sampler = Sampler()
@@ -114,6 +118,19 @@ class ModelRunner:
     def num_blocks(self) -> int:
         return self.kv_caches[0].shape[1] if self.kv_caches else 0
 
+    @property
+    def num_host_blocks(self) -> int:
+        return self.host_tier.num_blocks if self.host_tier is not None else 0
+
+    def copy_blocks(self, step: StepInput) -> list[torch.Tensor]:
+        """Run the step's block copies; returns the caches its forward must read."""
+        if not step.copies:
+            return self.kv_caches
+        if self.host_tier is None:
+            raise RuntimeError("the step moves KV blocks to or from the host tier, but this "
+                               "runner has none (kv_host_memory is unset)")
+        return self.host_tier.copy(step.copies, self.kv_caches)
+
     def _update_requests(self, new: list[NewRequest], finished: list[str]) -> None:
         for request_id in finished:
             self.requests.pop(request_id, None)
@@ -123,16 +140,21 @@ class ModelRunner:
                 make_generator(request.sampling_params.seed, self.device))
 
     @torch.inference_mode()
-    def compute_logits(self, step: StepInput) -> tuple[torch.Tensor, list[str]]:
-        """Logits [num_sampled, vocab] (float32) for the sequences that sample this step."""
+    def compute_logits(self, step: StepInput, kv_caches: list[torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, list[str]]:
+        """Logits [num_sampled, vocab] (float32) for the sequences that sample this step.
+        ``kv_caches``: what ``copy_blocks`` returned for the step, if it moved blocks."""
         graphs = self.decode_graphs
         size = graphs.padded_size(step) if graphs is not None else None
         if graphs is not None and size is not None:
+            if isinstance(kv_caches, LayerWaits):
+                kv_caches.wait_all()  # the graph reads the caches it captured, all at once
             hidden, request_ids = graphs.run(step, size)
             return self.model.compute_logits(hidden), request_ids
         tensors = build_step_tensors(step, self.block_size, self.model.config.sliding_window,
                                      self.device)
-        hidden = self.model(tensors.input_ids, tensors.positions, self.kv_caches, tensors.meta)
+        caches = self.kv_caches if kv_caches is None else kv_caches
+        hidden = self.model(tensors.input_ids, tensors.positions, caches, tensors.meta)
         return self.model.compute_logits(hidden[tensors.logits_indices]), \
             tensors.sampled_request_ids
 
@@ -140,11 +162,13 @@ class ModelRunner:
     def execute(self, step: StepInput) -> StepOutput | None:
         """Run one step; returns sampled tokens on the driver rank, None on the others."""
         self._update_requests(step.new_requests, step.finished_request_ids)
+        # Before anything else: the copies read blocks that this step's forward overwrites.
+        caches = self.copy_blocks(step)
         if self.step_delay_s and step.sequences:
             time.sleep(self.step_delay_s)  # sleeps without the GIL, like a device wait
         if not step.sequences:
             return StepOutput([])
-        logits, request_ids = self.compute_logits(step)
+        logits, request_ids = self.compute_logits(step, caches)
         if not self.model.ctx.is_driver:
             return None
         if not request_ids:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 class RunnerConfig:
     """What one rank needs to build its runner: the checkpoint, how to run it, and the KV
     budget. ``kv_cache_memory``: an int is bytes, a float a fraction of the memory still free
-    after the weights load; ``num_kv_blocks`` overrides it. ``cuda_graph_max_batch_size`` is
-    the largest decode batch replayed from a CUDA graph."""
+    after the weights load; ``num_kv_blocks`` overrides it. ``kv_host_memory``: bytes of this
+    rank's host tier (None or 0: no tier). ``cuda_graph_max_batch_size`` is the largest
+    decode batch replayed from a CUDA graph."""
 
     model: str
     dtype: str = "auto"
@@ -22,6 +23,7 @@ class RunnerConfig:
     block_size: int = 16
     kv_cache_memory: int | float | None = None
     num_kv_blocks: int | None = None
+    kv_host_memory: int | None = None
     max_model_len: int | None = None
     attention_backend: str = "auto"
     load_format: str = "auto"

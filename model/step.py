@@ -36,10 +36,30 @@ class ScheduledSequence:
 
 
 @dataclass
+class BlockCopies:
+    """KV blocks to move between the device cache and the host tier of every rank, before
+    the step's attention reads them. Pairs are ``(source, destination)`` block ids.
+
+    Example: the step evicts cached device block 12 (its key moves to host block 3) and
+    admits a prompt whose second block is on host block 7, restored into fresh device block
+    12 → ``offload=[(12, 3)]``, ``restore=[(7, 12)]``. Offloads run first, so block 12 is
+    read before it is overwritten; a host block a restore reads is not reused by an offload
+    of the same step.
+    """
+
+    offload: list[tuple[int, int]] = field(default_factory=list)  # (device, host)
+    restore: list[tuple[int, int]] = field(default_factory=list)  # (host, device)
+
+    def __bool__(self) -> bool:
+        return bool(self.offload or self.restore)
+
+
+@dataclass
 class StepInput:
     sequences: list[ScheduledSequence]
     new_requests: list[NewRequest] = field(default_factory=list)
     finished_request_ids: list[str] = field(default_factory=list)
+    copies: BlockCopies | None = None
 
 
 @dataclass

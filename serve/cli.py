@@ -32,6 +32,9 @@ def _service_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=None)
     parser.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default=None)
+    parser.add_argument("--kv-host-memory", default=None, metavar="SIZE",
+                        help="host memory per tensor-parallel rank for a second KV tier that "
+                             "keeps blocks the GPU evicts, e.g. 8GiB (default: none)")
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +79,8 @@ def serve_config_from(args: argparse.Namespace) -> Any:
         model=args.model, tensor_parallel_size=args.tp, replicas=args.replicas,
         autoscaling=autoscaling, redis_url=args.redis, api_key=args.api_key,
         grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
-        accelerator=args.accelerator)
+        accelerator=args.accelerator,
+        engine=None if args.kv_host_memory is None else {"kv_host_memory": args.kv_host_memory})
 
 
 def cmd_up(args: argparse.Namespace) -> int:

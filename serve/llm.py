@@ -28,7 +28,10 @@ class LLM:
     """Batch generation on one model copy (tp ranks included) in this process.
 
     ``model`` is a checkpoint directory or a preset name; None means the embedded default
-    (SmolLM2-135M-Instruct, converted on first use).
+    (SmolLM2-135M-Instruct, converted on first use). ``engine_args`` are ``EngineConfig``
+    fields, e.g. ``kv_host_memory="8GiB"`` for a host tier that keeps the blocks the device
+    evicts, so a later turn of a conversation copies its history back instead of
+    recomputing it.
 
     What it holds (at tp > 1 a Ray placement group and its worker actors) is released by
     ``shutdown()``, by leaving a ``with LLM(...) as llm:`` block, or when the last reference

@@ -16,7 +16,6 @@ from serve.engine.async_engine import AsyncLLMEngine
 from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.config import EngineConfig
 from serve.engine.factory import create_engine
-from serve.engine.kv_events import BlockStored
 from serve.engine.request import RequestOutput
 from serve.errors import REPLICA_FAILED, ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
@@ -164,11 +163,10 @@ class LLMServer:
         while True:
             await asyncio.sleep(self.index_resync_s)
             try:
-                hashes, block_size = await self.engine.call(
-                    lambda engine: (engine.block_manager.pool.cached_hashes(),
-                                    engine.config.block_size))
-                stored = BlockStored(hashes, None, len(hashes) * block_size)
-                self.publisher.resync([stored] if hashes else [])
+                # Every key the replica holds, device and host tier alike.
+                stored = await self.engine.call(
+                    lambda engine: engine.block_manager.pool.resync_events())
+                self.publisher.resync(stored)
             except asyncio.TimeoutError:
                 # A long step holds the engine thread; the next period tries again.
                 logger.warning("republishing cached blocks skipped: the engine is busy")

@@ -113,8 +113,25 @@ class ServerMetrics:
                                  "batch.")
         self.hit_rate = _make("Gauge", "prefix_cache_hit_rate", "Cached prompt tokens / "
                               "prompt tokens over the replica's lifetime.")
+        self.tier_hit_rate = _make("Gauge", "prefix_cache_hit_rate_by_tier", "Prompt tokens "
+                                   "found in the device cache or the KV host tier / prompt "
+                                   "tokens looked up, over the replica's lifetime.",
+                                   tag_keys=("tier",))
+        self.host_blocks_used = _make("Gauge", "kv_host_blocks_used", "KV host tier blocks "
+                                      "holding a block the device evicted.")
+        self.host_blocks_free = _make("Gauge", "kv_host_blocks_free", "KV host tier blocks "
+                                      "free.")
+        self.offloaded_blocks = _make("Counter", "kv_offloaded_blocks", "KV blocks copied "
+                                      "from the device to the host tier on eviction.")
+        self.restored_blocks = _make("Counter", "kv_restored_blocks", "KV blocks copied "
+                                     "back from the host tier for a prefix hit.")
+        self.tier_bytes = _make("Counter", "kv_tier_bytes", "Bytes of KV moved between the "
+                                "device and the host tier (all ranks), by direction.",
+                                tag_keys=("direction",))
         self._prompt_total = 0
         self._cached_total = 0
+        # The engine's tier counters at the previous poll: counters advance by the difference.
+        self._last_tier_totals: dict[str, int] = {}
 
     @_never_raises
     def record_request(self, record: RequestRecord) -> None:
@@ -148,6 +165,28 @@ class ServerMetrics:
         self.kv_cache_usage.set(stats.kv_cache_usage)
         self.num_waiting.set(stats.num_waiting)
         self.num_running.set(stats.num_running)
+        self._record_tiers(stats)
+
+    def _record_tiers(self, stats: Any) -> None:
+        if stats.num_prefix_query_tokens:
+            for tier, hits in (("device", stats.num_device_hit_tokens),
+                               ("host", stats.num_host_hit_tokens)):
+                self.tier_hit_rate.set(hits / stats.num_prefix_query_tokens,
+                                       tags={"tier": tier})
+        if not stats.num_host_kv_blocks:
+            return
+        self.host_blocks_used.set(stats.num_host_kv_blocks - stats.num_free_host_kv_blocks)
+        self.host_blocks_free.set(stats.num_free_host_kv_blocks)
+        for name, counter, tags in (
+                ("num_offloaded_blocks", self.offloaded_blocks, None),
+                ("num_restored_blocks", self.restored_blocks, None),
+                ("kv_bytes_offloaded", self.tier_bytes, {"direction": "offload"}),
+                ("kv_bytes_restored", self.tier_bytes, {"direction": "restore"})):
+            total = getattr(stats, name)
+            delta = total - self._last_tier_totals.get(name, 0)
+            if delta > 0:
+                counter.inc(delta, tags=tags)
+            self._last_tier_totals[name] = total
 
 
 class RouterMetrics:

@@ -1,8 +1,8 @@
 """Session- and prefix-aware request routing for the LLMServer deployment.
 
 Ranking for each request: (1) the replica its session was served by, (2) the replica
-holding the longest cached prefix of its prompt, (3) the less loaded of two random
-replicas; a replica at its load cap is skipped by (1) and (2). The decision itself is the
+where its prompt's cached prefix saves the most prefill (device blocks, then host blocks at
+the price of their copy), (3) the less loaded of two random replicas; a replica at its load cap is skipped by (1) and (2). The decision itself is the
 pure ``serve.routing_policy`` (tested without Serve); this module gathers its inputs from
 the prefix index and Serve's queue lengths, and records the outcome.
 """
@@ -23,6 +23,7 @@ from ray.serve.request_router import (
 
 from serve.metrics import router_metrics
 from serve.prefix_index.access import RouterIndex
+from serve.prefix_index.base import TierMatch
 from serve.protocol import ServeRequest
 from serve.routing_policy import (
     ReplicaLoad,
@@ -79,7 +80,7 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         request = _serve_request(pending_request)
         index_failures = self.index.num_failures
         decision: RoutingDecision | None = None
-        matches: dict[str, int] = {}
+        matches: dict[str, TierMatch] = {}
         if request is not None:
             if request.session_id:
                 owner_id = await self.index.get_session(request.session_id)
@@ -88,7 +89,7 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
                                                 self.policy)
             # Asked only when the session did not decide: each lookup is a round trip.
             if decision is None:
-                matches = await self.index.match_prefix(request.block_hashes)
+                matches = await self.index.match_prefix_tiers(request.block_hashes)
         if decision is None:
             # "fallback": the index failed during this request, so affinity was not weighed.
             decision = choose_by_prefix_or_load(

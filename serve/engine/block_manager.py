@@ -30,6 +30,13 @@ must be computed): a 10-token prompt can hit at most ``(10 - 1) // 4 = 2`` block
 Blocks are registered in the cache when ``allocate_slots`` gives them their last token, i.e.
 before the step computes that token's KV (as in vLLM): a request scheduled in the same step
 may hit them, which is correct because the runner writes a step's KV before attention reads.
+
+With a host tier, a prefix block the device evicted may still be a hit: its id in
+``hit_ids`` is None, and ``allocate_slots`` restores it into a fresh device block (the copy
+runs at the start of the step that reads it; ``drain_copies`` hands it over)::
+
+    hit_ids == [7, None, None]   # block 0 on the device, blocks 1 and 2 on the host
+    table[:3] == [7, 4, 9]       # after allocate_slots: 4 and 9 are fresh, restored
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from model.step import BlockCopies
 from serve.engine.block_hash import BlockHash, extend_block_hashes
-from serve.engine.block_pool import BlockPool, KVCacheBlock
+from serve.engine.block_pool import BlockPool
 from serve.engine.kv_events import KVEvent
+from serve.engine.kv_stats import PrefixHitCounters
 
 
 @dataclass
@@ -60,13 +69,18 @@ def cdiv(a: int, b: int) -> int:
 
 class BlockManager:
     def __init__(
-        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+        num_host_blocks: int = 0,
     ) -> None:
+        """``num_host_blocks``: blocks of the KV host tier (0: none; it needs prefix caching)."""
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
+        if num_host_blocks and not enable_prefix_caching:
+            raise ValueError("a KV host tier keeps prefix-cache blocks: it needs prefix caching")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.pool = BlockPool(num_blocks)
+        self.pool = BlockPool(num_blocks, num_host_blocks, block_size)
+        self.hits = PrefixHitCounters()
         self._requests: dict[str, _RequestBlocks] = {}
 
     @property
@@ -102,11 +116,12 @@ class BlockManager:
 
     def get_computed_blocks(
         self, request_id: str, token_ids: Sequence[int], cache_salt: str | None = None
-    ) -> tuple[list[int], int]:
+    ) -> tuple[list[int | None], int]:
         """Longest cached prefix of ``token_ids`` in full blocks, never covering the last token.
 
-        Returns the block ids and ``num_computed_tokens`` (``len(ids) * block_size``). Takes
-        no reference: pass the ids to ``allocate_slots`` before allocating for anyone else.
+        Returns the block ids (None for a block in the host tier) and ``num_computed_tokens``
+        (``len(ids) * block_size``). Takes no reference: pass the ids to ``allocate_slots``
+        before allocating for anyone else.
         """
         if not self.enable_prefix_caching:
             return [], 0
@@ -118,12 +133,16 @@ class BlockManager:
             self._salt(state, cache_salt)
         extend_block_hashes(state.block_hashes, token_ids, self.block_size, state.cache_salt)
         max_hit_blocks = (len(token_ids) - 1) // self.block_size
-        hit_ids: list[int] = []
+        hit_ids: list[int | None] = []
+        pool = self.pool
         for block_hash in state.block_hashes[:max_hit_blocks]:
-            block = self.pool.get_cached_block(block_hash)
-            if block is None:
+            block = pool.get_cached_block(block_hash)
+            if block is not None:
+                hit_ids.append(block.block_id)
+            elif pool.in_host_tier(block_hash):
+                hit_ids.append(None)
+            else:
                 break
-            hit_ids.append(block.block_id)
         return hit_ids, len(hit_ids) * self.block_size
 
     def allocate_slots(
@@ -132,7 +151,7 @@ class BlockManager:
         token_ids: Sequence[int],
         num_computed_tokens: int,
         num_new_tokens: int,
-        new_computed_blocks: list[int] | None = None,
+        new_computed_blocks: Sequence[int | None] | None = None,
         cache_salt: str | None = None,
         num_pending_tokens: int = 0,
     ) -> list[int] | None:
@@ -162,23 +181,30 @@ class BlockManager:
             # Most decode steps: the owned blocks hold the token and fill no new block.
             return list(state.block_ids)
         salt = self._salt(state, cache_salt)
-        hits = [self.pool.blocks[block_id] for block_id in new_computed_blocks or ()]
-        if hits:
-            self._check_hits(state, hits, num_computed_tokens)
+        hit_ids = list(new_computed_blocks or ())
+        hits = [self.pool.blocks[block_id] for block_id in hit_ids if block_id is not None]
+        num_host_hits = len(hit_ids) - len(hits)
+        if hit_ids:
+            self._check_hits(state, hit_ids, num_computed_tokens)
         num_owned = len(state.block_ids) if state is not None else 0
-        num_new_blocks = max(0, cdiv(num_tokens, self.block_size) - num_owned - len(hits))
-        # A hit on a free block takes it out of the free queue, so it costs a free block too.
+        num_new_blocks = max(0, cdiv(num_tokens, self.block_size) - num_owned - len(hit_ids))
+        # A hit on a free block takes it out of the free queue, so it costs a free block too;
+        # a host hit is restored into a fresh one.
         num_free_hits = sum(1 for block in hits if block.ref_cnt == 0)
-        if num_new_blocks + num_free_hits > self.pool.num_free_blocks:
+        if num_new_blocks + num_free_hits + num_host_hits > self.pool.num_free_blocks:
             return None
 
         if state is None:
             state = self._requests[request_id] = _RequestBlocks(salt)
-        if hits:
+        if num_owned == 0 and self.enable_prefix_caching:
+            self.hits.num_query_tokens += len(token_ids)
+            self.hits.num_device_hit_tokens += len(hits) * self.block_size
+            self.hits.num_host_hit_tokens += num_host_hits * self.block_size
+        if hit_ids:
             # Touch before get_new_blocks, so the hits cannot be evicted by it.
             self.pool.touch(hits)
-            state.block_ids.extend(block.block_id for block in hits)
-            state.num_cached_blocks = len(hits)
+            state.block_ids.extend(self._restore_host_hits(state, hit_ids))
+            state.num_cached_blocks = len(hit_ids)
         if num_new_blocks:
             new_blocks = self.pool.get_new_blocks(num_new_blocks)
             state.block_ids.extend(block.block_id for block in new_blocks)
@@ -188,7 +214,7 @@ class BlockManager:
         return list(state.block_ids)
 
     def _check_hits(
-        self, state: _RequestBlocks | None, hits: list[KVCacheBlock], num_computed_tokens: int
+        self, state: _RequestBlocks | None, hit_ids: list[int | None], num_computed_tokens: int
     ) -> None:
         # Hits are only valid straight from get_computed_blocks: the same request, no blocks
         # owned yet, and still cached under the request's own keys (not evicted since).
@@ -196,13 +222,38 @@ class BlockManager:
             raise ValueError("new_computed_blocks must come from get_computed_blocks")
         if state.block_ids:
             raise ValueError("new_computed_blocks only on a request's first allocate_slots")
-        if len(hits) * self.block_size > num_computed_tokens:
+        if len(hit_ids) * self.block_size > num_computed_tokens:
             raise ValueError("num_computed_tokens must include the prefix-cache hits")
-        if len(hits) > len(state.block_hashes):
+        if len(hit_ids) > len(state.block_hashes):
             raise ValueError("more hits than full blocks")
-        for block, block_hash in zip(hits, state.block_hashes, strict=False):
-            if block.block_hash != block_hash:
-                raise ValueError(f"block {block.block_id} is no longer a cache hit")
+        for position, (block_id, block_hash) in enumerate(zip(hit_ids, state.block_hashes,
+                                                              strict=False)):
+            if block_id is None:
+                if not self.pool.in_host_tier(block_hash):
+                    raise ValueError(f"prefix block {position} is no longer in the host tier")
+            elif self.pool.blocks[block_id].block_hash != block_hash:
+                raise ValueError(f"block {block_id} is no longer a cache hit")
+
+    def _restore_host_hits(self, state: _RequestBlocks, hit_ids: list[int | None]
+                           ) -> list[int]:
+        """The hits' block ids in sequence order, each run of host hits restored into fresh
+        device blocks (one event per run, chained to the block before it)."""
+        table: list[int] = []
+        position = 0
+        while position < len(hit_ids):
+            block_id = hit_ids[position]
+            if block_id is not None:
+                table.append(block_id)
+                position += 1
+                continue
+            end = position
+            while end < len(hit_ids) and hit_ids[end] is None:
+                end += 1
+            parent = state.block_hashes[position - 1] if position else None
+            restored = self.pool.restore(state.block_hashes[position:end], parent)
+            table.extend(block.block_id for block in restored)
+            position = end
+        return table
 
     def _cache_full_blocks(
         self, state: _RequestBlocks, token_ids: Sequence[int], num_full_blocks: int
@@ -238,3 +289,8 @@ class BlockManager:
     def drain_events(self) -> list[KVEvent]:
         """Events since the last drain; the engine publishes them once per step."""
         return self.pool.drain_events()
+
+    def drain_copies(self) -> BlockCopies | None:
+        """Block copies between the tiers since the last drain; the engine puts them in the
+        step it builds next, which runs them before its forward."""
+        return self.pool.drain_copies()

@@ -8,15 +8,19 @@ the key, instead of inside a replica that Serve would restart forever.
 from __future__ import annotations
 
 import difflib
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -25,6 +29,30 @@ from model.runner_config import RunnerConfig
 # Past this many sequences a decode step is long enough that launch overhead no longer
 # matters, while every captured size costs graph memory and start-up time.
 DEFAULT_CUDA_GRAPH_MAX_BATCH_SIZE = 256
+
+
+_BYTE_SIZE = TypeAdapter(ByteSize)
+
+
+def parse_byte_size(value: Any) -> Any:
+    """A size with a unit as bytes: ``"8GiB"`` is 8 * 2**30, ``"8GB"`` 8 * 10**9,
+    ``"512 MiB"`` 512 * 2**20, ``"4096"`` 4096; anything but a string is left to the field's
+    own type check."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(_BYTE_SIZE.validate_python(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size: write bytes, or a number with a unit "
+                         "such as 8GiB, 512MiB or 10GB") from None
+
+
+# Bytes, as an int or a string with a unit (a Helm value or a CLI flag reads "8GiB").
+ByteCount = Annotated[
+    StrictInt, BeforeValidator(parse_byte_size), Field(ge=0),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"}]}),
+]
 
 
 class StrictModel(BaseModel):
@@ -64,6 +92,11 @@ class EngineOptions(StrictModel):
     fraction of the device memory still free after the weights load. ``num_kv_blocks``
     overrides both (tests use it to force preemption).
 
+    ``kv_host_memory``: bytes of host memory for a second KV tier on each tensor-parallel
+    rank (a replica uses ``tensor_parallel_size`` times as much), e.g. ``"8GiB"``; None or 0:
+    no tier. Cached blocks the device evicts move there instead of being forgotten, and a
+    prompt that hits them gets them copied back instead of recomputed. Needs prefix caching.
+
     ``cuda_graphs``: replay decode steps of up to ``cuda_graph_max_batch_size`` sequences
     (default ``min(max_num_seqs, 256)``) from CUDA graphs captured at start. Ignored, with a
     log line, off CUDA or with an attention backend that cannot run static shapes (torch).
@@ -79,6 +112,7 @@ class EngineOptions(StrictModel):
     # An int is bytes, a float a fraction (checked below); left to right so 1 stays an int.
     kv_cache_memory: StrictInt | StrictFloat | None = Field(None, union_mode="left_to_right")
     num_kv_blocks: int | None = Field(None, ge=1)
+    kv_host_memory: ByteCount | None = None
     max_model_len: int | None = Field(None, ge=2)
     max_num_seqs: int = Field(128, ge=1)
     max_num_batched_tokens: int = Field(2048, ge=1)
@@ -97,6 +131,9 @@ class EngineOptions(StrictModel):
             raise ValueError(f"kv_cache_memory as a fraction must be in (0, 1], got {memory}")
         if isinstance(memory, int) and memory < 1:
             raise ValueError(f"kv_cache_memory in bytes must be positive, got {memory}")
+        if self.kv_host_memory and not self.enable_prefix_caching:
+            raise ValueError("kv_host_memory keeps evicted prefix-cache blocks, so it needs "
+                             "enable_prefix_caching=True; enable it or unset kv_host_memory")
         graph_max = self.cuda_graph_max_batch_size
         if graph_max is not None and graph_max > self.max_num_seqs:
             raise ValueError(f"cuda_graph_max_batch_size ({graph_max}) exceeds max_num_seqs "
@@ -124,6 +161,7 @@ class EngineConfig(EngineOptions):
         return RunnerConfig(
             model=self.model, dtype=self.dtype, device=self.device, block_size=self.block_size,
             kv_cache_memory=self.kv_cache_memory, num_kv_blocks=self.num_kv_blocks,
+            kv_host_memory=self.kv_host_memory or None,
             max_model_len=self.max_model_len, attention_backend=self.attention_backend,
             load_format=self.load_format, seed=self.seed, cuda_graphs=self.cuda_graphs,
             cuda_graph_max_batch_size=self.cuda_graph_batch_limit)

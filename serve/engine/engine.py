@@ -28,7 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from model.config import ModelConfig
 from model.sampling_params import SamplingParams
@@ -37,8 +37,9 @@ from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
 from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
-from serve.engine.executor import Executor
+from serve.engine.executor import Executor, host_tier_size
 from serve.engine.kv_events import KVEventSink
+from serve.engine.kv_stats import tier_stats
 from serve.engine.output import OutputProcessor, finished_status
 from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
@@ -59,6 +60,18 @@ class EngineStats:
     # Requests aborted since the engine started (caller left, cancelled): a cancellation
     # that never reached the engine shows as a request that ran to its end instead.
     num_aborted: int = 0
+    # The KV host tier and the prefix cache's hits by tier (serve/engine/kv_stats.py);
+    # counters are totals since the engine started.
+    num_host_kv_blocks: int = 0
+    num_free_host_kv_blocks: int = 0
+    num_offloaded_blocks: int = 0
+    num_restored_blocks: int = 0
+    num_host_dropped_blocks: int = 0
+    kv_bytes_offloaded: int = 0
+    kv_bytes_restored: int = 0
+    num_prefix_query_tokens: int = 0
+    num_device_hit_tokens: int = 0
+    num_host_hit_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -82,8 +95,9 @@ class LLMEngine:
         self.model_config = model_config
         self.num_aborted = 0
         self.max_model_len = executor.max_model_len
+        num_host_blocks, self.host_block_bytes = host_tier_size(executor)
         self.block_manager = BlockManager(executor.num_kv_blocks, config.block_size,
-                                          config.enable_prefix_caching)
+                                          config.enable_prefix_caching, num_host_blocks)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens, config.max_waiting_requests)
         self.outputs = OutputProcessor(tokenizer)
@@ -292,7 +306,8 @@ class LLMEngine:
             request.num_computed_tokens = start + num_new
             if item.samples:
                 request.num_pending_tokens += 1
-        step = StepInput(sequences, self._new, self._finished_ids)
+        step = StepInput(sequences, self._new, self._finished_ids,
+                         self.block_manager.drain_copies())
         self._new, self._finished_ids = [], []
         return step, pending
 
@@ -317,4 +332,5 @@ class LLMEngine:
             num_cached_blocks=manager.num_cached_blocks,
             num_kv_tokens=self.kv_capacity_tokens,
             num_aborted=self.num_aborted,
+            **asdict(tier_stats(manager, self.host_block_bytes)),
         )

@@ -8,6 +8,7 @@ Light on purpose (the router imports it): the Redis client is imported only when
     index.publisher("replica-1").publish(events)          # engine side
     BackgroundPublisher(index.publisher("replica-1"))     # same, off the engine's step
     index.match_prefix(hash_prompt_blocks(tokens, 16))    # router side: {"replica-1": 12}
+    index.match_prefix_tiers(hashes)   # {"replica-1": TierMatch(12, num_host_blocks=4)}
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from serve.prefix_index.background import BackgroundPublisher
-from serve.prefix_index.base import IndexPublisher, PrefixIndex, leading_block_counts
+from serve.prefix_index.base import (
+    IndexPublisher,
+    PrefixIndex,
+    TierMatch,
+    leading_block_counts,
+    leading_tier_counts,
+)
 from serve.prefix_index.in_process import InProcessPrefixIndex
 
 if TYPE_CHECKING:
@@ -27,7 +34,9 @@ __all__ = [
     "InProcessPrefixIndex",
     "PrefixIndex",
     "RedisPrefixIndex",
+    "TierMatch",
     "leading_block_counts",
+    "leading_tier_counts",
     "open_prefix_index",
 ]
 

@@ -17,7 +17,12 @@ import ray
 
 from serve.engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
 from serve.metrics import router_metrics
-from serve.prefix_index import BackgroundPublisher, InProcessPrefixIndex, open_prefix_index
+from serve.prefix_index import (
+    BackgroundPublisher,
+    InProcessPrefixIndex,
+    TierMatch,
+    open_prefix_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,9 @@ class PrefixIndexActor:
 
     def match_prefix(self, block_hashes: list[bytes]) -> dict[str, int]:
         return self.index.match_prefix(block_hashes)
+
+    def match_prefix_tiers(self, block_hashes: list[bytes]) -> dict[str, TierMatch]:
+        return self.index.match_prefix_tiers(block_hashes)
 
     def get_session(self, session_id: str) -> str | None:
         return self.index.get_session(session_id)
@@ -115,6 +123,11 @@ class RouterIndex:
         if not block_hashes:
             return {}
         return await self._call("match_prefix", block_hashes) or {}
+
+    async def match_prefix_tiers(self, block_hashes: list[bytes]) -> dict[str, TierMatch]:
+        if not block_hashes:
+            return {}
+        return await self._call("match_prefix_tiers", block_hashes) or {}
 
     async def get_session(self, session_id: str) -> str | None:
         return await self._call("get_session", session_id)

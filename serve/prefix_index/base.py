@@ -16,15 +16,35 @@ needs every block before it: the KV of block 3 was computed over tokens A lacks)
 four. A replica holding none of k0 is left out of the result::
 
     match_prefix([k0, k1, k2, k3]) == {"A": 2, "B": 4}
+
+Tiers: a replica holds each of its blocks in one tier, device or host (the latest
+``BlockStored`` says which). ``match_prefix_tiers`` counts the same leading blocks and, of
+those, how many are on the host, so the router can price a copy against a prefill. With
+B holding k1 and k2 on its host tier::
+
+    match_prefix_tiers([k0, k1, k2, k3]) == {"A": TierMatch(2, 0), "B": TierMatch(4, 2)}
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from serve.engine.block_hash import BlockHash
-from serve.engine.kv_events import BlockStored, KVEventSink
+from serve.engine.kv_events import HOST, BlockStored, KVEventSink, Tier
+
+
+@dataclass(frozen=True)
+class TierMatch:
+    """One replica's leading blocks of a prompt, and how many of them are on its host tier."""
+
+    num_blocks: int
+    num_host_blocks: int = 0
+
+    @property
+    def num_device_blocks(self) -> int:
+        return self.num_blocks - self.num_host_blocks
 
 
 class IndexPublisher(KVEventSink, Protocol):
@@ -58,6 +78,10 @@ class PrefixIndex(Protocol):
         Replicas with a count of 0 are left out; ``{}`` means no hit anywhere, or the index is
         unavailable (routing then falls back to load). One round trip for the whole prompt.
         """
+        ...
+
+    def match_prefix_tiers(self, block_hashes: Sequence[BlockHash]) -> dict[str, TierMatch]:
+        """``match_prefix`` with, per replica, how many of its leading blocks are on host."""
         ...
 
     def get_session(self, session_id: str) -> str | None:
@@ -95,3 +119,13 @@ def leading_block_counts(holders: Sequence[Collection[str]]) -> dict[str, int]:
     for replica in active:
         counts[replica] = len(holders)
     return counts
+
+
+def leading_tier_counts(holders: Sequence[Mapping[str, Tier]]) -> dict[str, TierMatch]:
+    """``leading_block_counts`` over ``holders[i]`` = replica -> the tier holding block ``i``,
+    with the host blocks of each leading run counted; the reference for
+    ``match_prefix_tiers``."""
+    counts = leading_block_counts([set(holding) for holding in holders])
+    return {replica: TierMatch(count, sum(1 for holding in holders[:count]
+                                          if holding[replica] == HOST))
+            for replica, count in counts.items()}

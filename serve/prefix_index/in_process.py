@@ -7,6 +7,10 @@ B = bit 1, blocks ``k0 k1 k2`` held as ``0b11, 0b11, 0b10``::
 
     active = 0b11 (k0) -> 0b11 & 0b11 (k1) = 0b11 -> 0b11 & 0b10 (k2) = 0b10
     A drops out at k2: count 2;  B survives the walk: count 3  -> {"A": 2, "B": 3}
+
+Tiers: a second mask per key has the bits of the replicas holding it on their host tier
+(a subset of its mask; a key on no host tier has no entry), so ``match_prefix_tiers`` adds
+one lookup per block of the walk.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from serve.engine.block_hash import BlockHash
-from serve.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from serve.engine.kv_events import HOST, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from serve.prefix_index.base import TierMatch
 
 DEFAULT_MAX_BLOCKS = 1 << 19  # ~8M tokens at block_size 16; about 100 MB of index at most
 DEFAULT_SESSION_TTL_S = 600.0
@@ -68,6 +73,7 @@ class InProcessPrefixIndex:
         self._clock = clock
         self._lock = threading.Lock()
         self._blocks: OrderedDict[BlockHash, int] = OrderedDict()  # key -> replica bitmask
+        self._host: dict[BlockHash, int] = {}  # key -> bits of the replicas holding it on host
         self._bit_of: dict[str, int] = {}
         self._replica_of_bit: dict[int, str] = {}
         self._free_bits: list[int] = []
@@ -99,10 +105,12 @@ class InProcessPrefixIndex:
             blocks = self._blocks
             for event in events:
                 if isinstance(event, BlockStored):
+                    on_host = event.tier == HOST
                     for key in event.block_hashes:
                         blocks[key] = blocks.get(key, 0) | bit
                         blocks.move_to_end(key)
                         owned.add(key)
+                        self._set_host(key, bit, on_host)
                     while len(blocks) > self.max_blocks:
                         self._evict_oldest()
                 elif isinstance(event, BlockRemoved):
@@ -112,10 +120,19 @@ class InProcessPrefixIndex:
                 elif isinstance(event, AllBlocksCleared):
                     self._clear_locked(replica_id)
 
+    def _set_host(self, key: BlockHash, bit: int, on_host: bool) -> None:
+        host = self._host.get(key, 0)
+        new = host | bit if on_host else host & ~bit
+        if new:
+            self._host[key] = new
+        elif host:
+            del self._host[key]
+
     def _unset(self, key: BlockHash, bit: int) -> None:
         mask = self._blocks.get(key)
         if mask is None:
             return
+        self._set_host(key, bit, False)
         mask &= ~bit
         if mask:
             self._blocks[key] = mask
@@ -124,6 +141,7 @@ class InProcessPrefixIndex:
 
     def _evict_oldest(self) -> None:
         key, mask = self._blocks.popitem(last=False)
+        self._host.pop(key, None)
         for bit in _bits(mask):
             self._replica_blocks[self._replica_of_bit[bit]].discard(key)
 
@@ -138,25 +156,44 @@ class InProcessPrefixIndex:
         """Leading-block counts per replica (see ``serve.prefix_index.base`` for the rule)."""
         if not block_hashes:
             return {}
-        counts: dict[str, int] = {}
         with self._lock:
-            blocks = self._blocks
-            active = blocks.get(block_hashes[0], 0)
+            return self._leading_counts(block_hashes)
+
+    def match_prefix_tiers(self, block_hashes: Sequence[BlockHash]) -> dict[str, TierMatch]:
+        """Leading-block counts per replica, with how many of them are on its host tier."""
+        if not block_hashes:
+            return {}
+        with self._lock:
+            counts = self._leading_counts(block_hashes)
+            num_host = dict.fromkeys(counts, 0)
+            host, replica_of_bit = self._host, self._replica_of_bit
+            for index in range(max(counts.values(), default=0)):
+                for bit in _bits(host.get(block_hashes[index], 0)):
+                    replica = replica_of_bit[bit]
+                    if index < counts.get(replica, 0):
+                        num_host[replica] += 1
+        return {replica: TierMatch(count, num_host[replica]) for replica, count in counts.items()}
+
+    def _leading_counts(self, block_hashes: Sequence[BlockHash]) -> dict[str, int]:
+        """The leading-count walk; the caller holds the lock."""
+        counts: dict[str, int] = {}
+        blocks = self._blocks
+        active = blocks.get(block_hashes[0], 0)
+        if not active:
+            return counts
+        blocks.move_to_end(block_hashes[0])  # a matched key is in use: keep it in the LRU
+        num_blocks = len(block_hashes)
+        for index in range(1, num_blocks):
+            key = block_hashes[index]
+            still = blocks.get(key, 0) & active
+            for bit in _bits(active & ~still):
+                counts[self._replica_of_bit[bit]] = index
+            active = still
             if not active:
-                return counts
-            blocks.move_to_end(block_hashes[0])  # a matched key is in use: keep it in the LRU
-            num_blocks = len(block_hashes)
-            for index in range(1, num_blocks):
-                key = block_hashes[index]
-                still = blocks.get(key, 0) & active
-                for bit in _bits(active & ~still):
-                    counts[self._replica_of_bit[bit]] = index
-                active = still
-                if not active:
-                    break
-                blocks.move_to_end(key)
-            for bit in _bits(active):
-                counts[self._replica_of_bit[bit]] = num_blocks
+                break
+            blocks.move_to_end(key)
+        for bit in _bits(active):
+            counts[self._replica_of_bit[bit]] = num_blocks
         return counts
 
     # ---- sessions ------------------------------------------------------------------------
@@ -202,6 +239,7 @@ class InProcessPrefixIndex:
     def close(self) -> None:
         with self._lock:
             self._blocks.clear()
+            self._host.clear()
             self._sessions.clear()
 
     def __len__(self) -> int:

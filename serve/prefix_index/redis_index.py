@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from serve.engine.block_hash import BLOCK_HASH_SIZE, BlockHash
-from serve.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from serve.engine.kv_events import HOST, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from serve.prefix_index import redis_scripts
+from serve.prefix_index.base import TierMatch
 from serve.prefix_index.redis_health import RedisHealth
 
 T = TypeVar("T")
@@ -34,7 +35,15 @@ DEFAULT_SESSION_TTL_S = 600.0
 # Blocks per script call: ~7-9 ms of Redis time (measured), far below the socket timeout, so a
 # resync or clear of a whole cache never trips it nor stalls other clients for long.
 MAX_BLOCKS_PER_CALL = 4096
-_OPS = {BlockStored: b"s", BlockRemoved: b"r"}
+
+
+def _op(event: KVEvent) -> bytes:
+    """The script's op: store on the device, store on the host tier, remove."""
+    if isinstance(event, BlockStored):
+        return b"h" if event.tier == HOST else b"s"
+    if isinstance(event, BlockRemoved):
+        return b"r"
+    raise TypeError(f"encode_events handles stored/removed events, not {event!r}")
 
 
 def encode_events(events: Sequence[KVEvent], max_blocks: int) -> list[list[bytes | str | int]]:
@@ -43,15 +52,14 @@ def encode_events(events: Sequence[KVEvent], max_blocks: int) -> list[list[bytes
     Everything before the batch's last ``AllBlocksCleared`` is moot (the clear wipes it),
     so callers pass only the events after it. Order is kept; an event larger than
     ``max_blocks`` is split. E.g. with ``max_blocks=3``, stored ``[a, b]`` then removed
-    ``[c, d]`` give ``[[b"s", a + b, b"r", c], [b"r", d]]``.
+    ``[c, d]`` give ``[[b"s", a + b, b"r", c], [b"r", d]]``; a store on the host tier is
+    op ``b"h"``.
     """
     calls: list[list[bytes | str | int]] = []
     current: list[bytes | str | int] = []
     room = max_blocks
     for event in events:
-        op = _OPS.get(type(event))
-        if op is None:
-            raise TypeError(f"encode_events handles stored/removed events, not {event!r}")
+        op = _op(event)
         hashes = event.block_hashes  # type: ignore[union-attr]
         start = 0
         while start < len(hashes):
@@ -167,7 +175,8 @@ class RedisPrefixIndex:
                 self._clear_blocks(replica_id)
             owned = self._owned_key(replica_id)
             head: list[bytes | str | int] = [
-                replica_id, self.block_ttl_s, self._block_prefix, BLOCK_HASH_SIZE
+                replica_id, self.block_ttl_s, self._block_prefix, BLOCK_HASH_SIZE,
+                redis_scripts.HOST_TAG,
             ]  # fmt: skip
             for ops in calls:  # one call (one round trip) unless the batch is huge
                 self._apply(keys=[owned], args=head + ops)
@@ -176,20 +185,32 @@ class RedisPrefixIndex:
 
     def _clear_blocks(self, replica_id: str) -> None:
         owned = self._owned_key(replica_id)
-        args: list[bytes | str | int] = [self._block_prefix, replica_id, self.max_blocks_per_call]
+        args: list[bytes | str | int] = [self._block_prefix, replica_id, self.max_blocks_per_call,
+                                         redis_scripts.HOST_TAG]
         while self._clear_chunk(keys=[owned], args=args):
             pass
 
     def match_prefix(self, block_hashes: Sequence[BlockHash]) -> dict[str, int]:
         """Leading-block counts per replica (see ``serve.prefix_index.base`` for the rule)."""
+        flat = self._match_flat("match_prefix", block_hashes)
+        return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 3)}
+
+    def match_prefix_tiers(self, block_hashes: Sequence[BlockHash]) -> dict[str, TierMatch]:
+        """Leading-block counts per replica, with how many of them are on its host tier."""
+        flat = self._match_flat("match_prefix_tiers", block_hashes)
+        return {flat[i].decode(): TierMatch(int(flat[i + 1]), int(flat[i + 2]))
+                for i in range(0, len(flat), 3)}
+
+    def _match_flat(self, operation: str, block_hashes: Sequence[BlockHash]) -> list[Any]:
         if not block_hashes:
-            return {}
+            return []
         blob = b"".join(block_hashes)
         if len(blob) != BLOCK_HASH_SIZE * len(block_hashes):
             raise ValueError(f"block keys must be {BLOCK_HASH_SIZE} bytes each")
-        args: list[bytes | int] = [self._block_prefix, BLOCK_HASH_SIZE, blob]
-        flat: list[Any] = self._guarded("match_prefix", lambda: self._match(args=args), [])
-        return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        args: list[bytes | str | int] = [self._block_prefix, BLOCK_HASH_SIZE, blob,
+                                         redis_scripts.HOST_TAG]
+        flat: list[Any] = self._guarded(operation, lambda: self._match(args=args), [])
+        return flat
 
     # ---- sessions ------------------------------------------------------------------------
 
