@@ -33,7 +33,7 @@ from model.sampling_params import SamplingParams
 from model.step import BlockCopies
 
 sys.path.insert(0, str(Path(__file__).parent))
-from offline_throughput import write_tiny_mistral  # noqa: E402
+from offline_throughput import bench_model  # noqa: E402
 
 BLOCK_SIZE = 16
 FIRST_TOKEN = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
@@ -96,13 +96,7 @@ def main() -> None:
     from model.parallel import SINGLE
     from serve.llm import LLM
 
-    if args.tiny:
-        args.model = write_tiny_mistral()
-    elif args.model is None:
-        from model.smollm2 import ensure_smollm2
-
-        args.model = str(ensure_smollm2())
-    torch.manual_seed(0)
+    args.model = bench_model(args.model, args.tiny)
     model_config = ModelConfig.from_pretrained(args.model)
     spec = KVCacheSpec.for_model(model_config, SINGLE, BLOCK_SIZE, getattr(torch, args.dtype))
     conversation_len = args.prompt_len + args.reply_len + args.turn_len

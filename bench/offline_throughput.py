@@ -79,6 +79,19 @@ def write_tiny_mistral() -> str:
     return str(write_tiny_checkpoint(directory, max_position_embeddings=4096))
 
 
+def bench_model(model: str | None, tiny: bool) -> str:
+    """The checkpoint a benchmark runs: ``--tiny``'s random Mistral, the given directory, or
+    the embedded SmolLM2; seeds torch so that random weights repeat."""
+    torch.manual_seed(0)
+    if tiny:
+        return write_tiny_mistral()
+    if model is None:
+        from model.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="checkpoint dir; default: SmolLM2")
@@ -95,13 +108,7 @@ def main() -> None:
 
     from serve.llm import LLM
 
-    if args.tiny:
-        args.model = write_tiny_mistral()
-    elif args.model is None:
-        from model.smollm2 import ensure_smollm2
-
-        args.model = str(ensure_smollm2())
-    torch.manual_seed(0)
+    args.model = bench_model(args.model, args.tiny)
     llm = LLM(args.model, dtype=args.dtype, num_kv_blocks=4096,
               max_num_seqs=max(args.batch_sizes))
     vocab = llm.engine.model_config.vocab_size

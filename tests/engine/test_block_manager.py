@@ -10,20 +10,9 @@ import pytest
 from serve.engine.block_hash import hash_prompt_blocks
 from serve.engine.block_manager import BlockManager, cdiv
 from serve.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from tests.engine.helpers import prefill, tokens
 
 BS = 4  # small blocks keep the exact ids readable
-
-
-def tokens(start: int, count: int) -> list[int]:
-    return list(range(start, start + count))
-
-
-def prefill(m: BlockManager, rid: str, prompt: list[int], salt: str | None = None) -> list[int]:
-    """Schedule a whole prompt the way the scheduler does; fail the test if it does not fit."""
-    hit_ids, num_computed = m.get_computed_blocks(rid, prompt, salt)
-    table = m.allocate_slots(rid, prompt, num_computed, len(prompt) - num_computed, hit_ids, salt)
-    assert table is not None
-    return table
 
 
 def ref_cnts(m: BlockManager) -> list[int]:

@@ -11,19 +11,15 @@ from serve.engine.block_hash import hash_prompt_blocks
 from serve.engine.block_manager import BlockManager
 from serve.engine.host_pool import HostBlockPool
 from serve.engine.kv_events import HOST, AllBlocksCleared, BlockRemoved, BlockStored
+from tests.engine.helpers import prefill as schedule_prompt
+from tests.engine.helpers import tokens
 from tests.engine.tier_checks import assert_tiers_consistent
 
 BS = 4
 
 
-def tokens(start: int, count: int) -> list[int]:
-    return list(range(start, start + count))
-
-
 def prefill(m: BlockManager, rid: str, prompt: list[int], salt: str | None = None) -> list[int]:
-    hit_ids, num_computed = m.get_computed_blocks(rid, prompt, salt)
-    table = m.allocate_slots(rid, prompt, num_computed, len(prompt) - num_computed, hit_ids, salt)
-    assert table is not None
+    table = schedule_prompt(m, rid, prompt, salt)
     assert_tiers_consistent(m)
     return table
 
