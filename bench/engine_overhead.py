@@ -10,8 +10,9 @@ Prints JSON lines:
 * ``loop=serial``: ``LLMEngine.step`` called in a loop, null executor (``--step-ms 0``):
   host ms per decode step, p50/p90, at ``--seqs`` running sequences;
 * ``loop=overlapped``: ``LLMEngine.advance`` in a loop on a step thread, executor sleeping
-  ``--step-ms``: the step period p50/p90, so ``period - step_ms`` is the engine's host work
-  left on the critical path (outputs are dropped, nothing consumes them);
+  ``--step-ms``: the step period p50/p90 (outputs are dropped, nothing consumes them), and
+  beside it the period of the executor alone, back to back (its own work and a sleep's late
+  wake-up), so their difference is the engine's work left on the critical path;
 * ``loop=service``: the service's engine loop (``AsyncLLMEngine``, one asyncio consumer per
   request), with the executor sleeping ``--step-ms``: the step period p50/p90 beside the
   executor's own time, so ``period - step_ms`` is the host work left on the critical path.
@@ -32,7 +33,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from model.sampling_params import SamplingParams
-from model.step import SampledToken, StepInput, StepOutput
+from model.step import SampledToken, ScheduledSequence, StepInput, StepOutput
 from model.tokenizer_mistral import MistralV1Tokenizer
 from serve.engine.async_engine import AsyncLLMEngine
 from serve.engine.config import EngineConfig
@@ -51,7 +52,11 @@ class TimedNullExecutor:
         self.max_model_len = max_model_len
         self.step_s = step_s
         self.full_batch = full_batch
-        self.rng = random.Random(seed)
+        # Tokens drawn once, handed out in turn: the executor's own work stays small, as a
+        # device's is for the host.
+        rng = random.Random(seed)
+        self.tokens = [rng.randrange(3, VOCAB) for _ in range(1 << 16)]
+        self.next_token = 0
         self.full_step_starts: list[float] = []
 
     def execute(self, step: StepInput) -> StepOutput:
@@ -60,9 +65,11 @@ class TimedNullExecutor:
             self.full_step_starts.append(time.perf_counter())
         if self.step_s:
             time.sleep(self.step_s)
-        randrange = self.rng.randrange
-        return StepOutput([SampledToken(seq.request_id, randrange(3, VOCAB))
-                           for seq in step.sequences if seq.sample])
+        start = self.next_token
+        self.next_token = (start + len(step.sequences)) % (len(self.tokens) - len(step.sequences))
+        tokens = self.tokens
+        return StepOutput([SampledToken(seq.request_id, tokens[start + i])
+                           for i, seq in enumerate(step.sequences) if seq.sample])
 
     def shutdown(self) -> None:
         pass
@@ -119,6 +126,17 @@ def period_figures(starts: list[float], step_ms: float) -> dict[str, Any]:
             "host_ms_on_critical_path_p50": round(period["p50"] - step_ms, 3)}
 
 
+def executor_alone(args: argparse.Namespace) -> float:
+    """The step period of the executor run back to back on a full decode step, no engine:
+    the floor of the overlapped loop's period (its own work, and how late a sleep wakes)."""
+    executor = TimedNullExecutor(1, 32768, args.step_ms / 1e3, args.seqs)
+    step = StepInput([ScheduledSequence(f"r{i}", [5], args.prompt_len, [0], True)
+                      for i in range(args.seqs)])
+    for _ in range(50):
+        executor.execute(step)
+    return period_figures(executor.full_step_starts, args.step_ms)["step_period_ms"]["p50"]
+
+
 def overlapped(args: argparse.Namespace) -> dict[str, Any]:
     engine, executor = build_engine(args, args.step_ms / 1e3)
     engine.step_runner = ThreadedStepRunner(executor)
@@ -132,8 +150,11 @@ def overlapped(args: argparse.Namespace) -> dict[str, Any]:
                 break
     finally:
         engine.step_runner.shutdown()
-    return {"loop": "overlapped", "seqs": args.seqs, "step_ms": args.step_ms,
-            **period_figures(executor.full_step_starts, args.step_ms)}
+    figures = period_figures(executor.full_step_starts, args.step_ms)
+    floor = executor_alone(args)
+    return {"loop": "overlapped", "seqs": args.seqs, "step_ms": args.step_ms, **figures,
+            "executor_alone_period_ms": floor,
+            "engine_ms_on_critical_path_p50": round(figures["step_period_ms"]["p50"] - floor, 3)}
 
 
 async def consume(engine: AsyncLLMEngine, prompt: list[int], sampling: SamplingParams,
