@@ -113,4 +113,5 @@ def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
                     host_tier.num_bytes / 2**20)
     graphs = CudaGraphOptions(config.cuda_graphs, config.cuda_graph_max_batch_size)
     return ModelRunner(model, caches, config.block_size, device, graphs,
-                       step_delay_s=fault_step_delay_s(), host_tier=host_tier)
+                       step_delay_s=fault_step_delay_s(), host_tier=host_tier,
+                       tokenizer=config.tokenizer or config.model)

@@ -3,13 +3,16 @@
 Every tensor-parallel rank runs the same ``execute`` on the same step; all of them compute
 logits (the LM head's gather is a collective), and only rank 0 samples. Per-request sampling
 state (parameters, seeded generator, generated tokens for the penalties) lives here, so the
-engine sends a request's parameters once.
+engine sends a request's parameters once. A request with structured output also keeps its
+grammar matcher here, on the driver rank: it fills the request's bitmask row before each
+sample and takes each sampled token, in order, also when the engine chains steps ahead.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +24,9 @@ from model.sampler import Sampler, SamplingBatch, make_generator
 from model.sampling_params import SamplingParams
 from model.step import NewRequest, SampledToken, StepInput, StepOutput
 
+if TYPE_CHECKING:  # model.grammar imports xgrammar: only on the first request with a format
+    from model.grammar import RequestGrammar
+
 
 @dataclass
 class RequestState:
@@ -28,6 +34,7 @@ class RequestState:
     params: SamplingParams
     generator: torch.Generator | None
     output_token_ids: list[int] = field(default_factory=list)
+    grammar: RequestGrammar | None = None  # structured output, on the driver rank
 
 
 @dataclass
@@ -102,14 +109,15 @@ class ModelRunner:
     def __init__(self, model: MistralForCausalLM, kv_caches: list[torch.Tensor],
                  block_size: int, device: torch.device,
                  cuda_graphs: CudaGraphOptions | None = None, step_delay_s: float = 0.0,
-                 host_tier: HostKVTier | None = None) -> None:
+                 host_tier: HostKVTier | None = None, tokenizer: str | None = None) -> None:
         self.model = model
+        self.tokenizer = tokenizer  # path or preset: grammars are compiled against it
         self.step_delay_s = step_delay_s  # fault injection only (model/envs.py)
         self.kv_caches = kv_caches
         self.host_tier = host_tier
         self.block_size = block_size
         self.device = device
-        self.sampler = Sampler()
+        self.sampler = Sampler(reuse_logits=True)  # the logits are this step's, used once
         self.requests: dict[str, RequestState] = {}
         self.decode_graphs = DecodeGraphRunner.create(model, kv_caches, block_size, device,
                                                       cuda_graphs)
@@ -137,7 +145,23 @@ class ModelRunner:
         for request in new:
             self.requests[request.request_id] = RequestState(
                 request.prompt_token_ids, request.sampling_params,
-                make_generator(request.sampling_params.seed, self.device))
+                make_generator(request.sampling_params.seed, self.device),
+                grammar=self._grammar(request.sampling_params))
+
+    def _grammar(self, params: SamplingParams) -> RequestGrammar | None:
+        spec = params.structured_outputs
+        if spec is None or not self.model.ctx.is_driver:
+            return None
+        from model.grammar import grammar_compiler
+        from model.tokenizer import load_model_tokenizer
+
+        source = self.tokenizer
+        if source is None:
+            raise RuntimeError("a request asks for structured output, but this runner has no "
+                               "tokenizer to compile it with (build it with build_runner)")
+        compiler = grammar_compiler(source, self.model.config.vocab_size,
+                                    lambda: load_model_tokenizer(source))
+        return compiler.matcher(spec, params.stop_token_ids or [])
 
     @torch.inference_mode()
     def compute_logits(self, step: StepInput, kv_caches: list[torch.Tensor] | None = None
@@ -180,12 +204,16 @@ class ModelRunner:
             output_token_ids=[s.output_token_ids for s in states],
             generators=[s.generator for s in states],
             eos_token_id=self.model.config.eos_token_id,
+            grammars=[s.grammar for s in states]
+            if any(s.grammar is not None for s in states) else None,
         )
         result = self.sampler(logits, batch)
         sampled = []
         for row, (request_id, state) in enumerate(zip(request_ids, states, strict=True)):
             token = result.token_ids[row]
             state.output_token_ids.append(token)
+            if state.grammar is not None:
+                state.grammar.accept(token)
             sampled.append(SampledToken(
                 request_id, token,
                 result.logprobs[row] if result.logprobs is not None else None,

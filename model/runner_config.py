@@ -30,3 +30,6 @@ class RunnerConfig:
     seed: int = 0
     cuda_graphs: bool = True
     cuda_graph_max_batch_size: int = 256
+    # The tokenizer's path or preset name (None: the model's), loaded by the driver rank on
+    # the first request with structured output to build its grammars.
+    tokenizer: str | None = None

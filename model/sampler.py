@@ -3,9 +3,10 @@
 Order of operations (as in vLLM):
   1. logprobs: log_softmax of the raw float32 logits, before anything below touches them;
   2. min_tokens: EOS and stop_token_ids get -inf until the row has min_tokens outputs;
-  3. penalties: repetition (prompt + output), then frequency and presence (output only);
-  4. greedy rows: argmax of the penalized logits;
-  5. sampled rows: temperature, top-k, top-p, min-p, then an exponential race.
+  3. logit masks (model/logit_masks.py): bias, allowed ids, bad words, grammar; if any;
+  4. penalties: repetition (prompt + output), then frequency and presence (output only);
+  5. greedy rows: argmax of the penalized logits;
+  6. sampled rows: temperature, top-k, top-p, min-p, then an exponential race.
 
 Reproducibility: the race draws `q ~ Exp(1)` per token and takes `argmax(probs / q)`, which
 samples exactly from `probs`. A seeded row draws its q from its own generator with the same
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model.logit_masks import TokenGrammar, apply_logit_masks
 from model.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -39,6 +41,7 @@ class SamplingBatch:
     output_token_ids: list[list[int]]  # tokens generated so far
     generators: list[torch.Generator | None]  # per-request seeded generator, None if unseeded
     eos_token_id: int | None = None  # masked (with stop_token_ids) until min_tokens reached
+    grammars: list[TokenGrammar | None] | None = None  # per row; None when no row has one
 
 
 @dataclass
@@ -216,7 +219,11 @@ def _top_logprobs(
 
 
 class Sampler:
-    """Stateless; per-request state (seeded generators, token history) lives in the batch."""
+    """Stateless; per-request state (seeded generators, token history) lives in the batch.
+    ``reuse_logits``: callers hand their logits over, so masks may write into them."""
+
+    def __init__(self, reuse_logits: bool = False) -> None:
+        self.reuse_logits = reuse_logits
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         params = batch.params
@@ -225,10 +232,11 @@ class Sampler:
         if lengths | {len(batch.prompt_token_ids)} != {num_rows}:
             raise ValueError(f"SamplingBatch has {len(params)} rows, logits {num_rows}")
         device = logits.device
-        logits = logits.to(torch.float32)
+        logits, given = logits.to(torch.float32), logits
         wants_logprobs = any(p.needs_logprobs for p in params)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
         logits = _mask_until_min_tokens(logits, batch)
+        logits = apply_logit_masks(logits, batch, self.reuse_logits or logits is not given)
         any_penalties = any(p.has_penalties for p in params)
         all_greedy = all(p.is_greedy for p in params)
         if all_greedy and not any_penalties and not wants_logprobs:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from model.mask_params import normalize_masks
+from model.structured_output import StructuredOutputsParams
+
 # vLLM treats temperatures this small as greedy: dividing logits by them overflows float32.
 SAMPLING_EPS = 1e-5
 # The most top logprobs a request may ask for per token (the OpenAI API's limit).
@@ -48,6 +51,16 @@ class SamplingParams:
     logprobs: int | None = None  # top logprobs to return besides the sampled token's
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Which tokens may come next (model/logit_masks.py): logit_bias maps a token id to what is
+    # added to its logit, in [-100, 100] (OpenAI's semantics); only allowed_token_ids may be
+    # sampled; bad_words are never generated. The engine tokenizes bad_words into
+    # bad_words_token_ids (which a caller may also set directly).
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    bad_words_token_ids: list[list[int]] | None = None
+    # The output's format: a JSON schema, any JSON object, a regex, a choice or a grammar.
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None:
@@ -101,6 +114,7 @@ class SamplingParams:
                 raise ValueError(
                     f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs}"
                 )
+        normalize_masks(self)
 
     @property
     def is_greedy(self) -> bool:
@@ -114,6 +128,11 @@ class SamplingParams:
             or self.presence_penalty != 0.0
             or self.frequency_penalty != 0.0
         )
+
+    @property
+    def has_logit_masks(self) -> bool:
+        """A bias or a mask the sampler applies per row (a grammar is the runner's)."""
+        return bool(self.logit_bias or self.allowed_token_ids or self.bad_words_token_ids)
 
     @property
     def needs_logprobs(self) -> bool:

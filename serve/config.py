@@ -57,6 +57,10 @@ class Limits(StrictModel):
     max_stop_string_chars: int = Field(256, ge=1)
     max_stop_token_ids: int = Field(64, ge=0)
     max_logprobs: int = Field(20, ge=0)
+    # Bad words are matched against the output at every step; a logit bias is one scatter
+    # entry per token and step.
+    max_bad_words: int = Field(64, ge=0)
+    max_logit_bias: int = Field(1024, ge=0)
     # Choices per request (n): each is a sequence of its own in the engine.
     max_choices: int = Field(8, ge=1)
     max_messages: int = Field(1024, ge=1)

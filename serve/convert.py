@@ -24,8 +24,34 @@ def sampling_params(message: Any, limits: Limits) -> SamplingParams:
     values["stop_token_ids"] = list(message.stop_token_ids) or None
     values["ignore_eos"] = message.ignore_eos
     values["include_stop_str_in_output"] = message.include_stop_str_in_output
+    values["structured_outputs"] = _structured_outputs(message)
+    values["logit_bias"] = dict(message.logit_bias) or None
+    values["allowed_token_ids"] = list(message.allowed_token_ids) or None
+    values["bad_words"] = list(message.bad_words) or None
     return limited_sampling_params(values, limits, min(256, limits.max_new_tokens),
                                    context="sampling: ")
+
+
+def _structured_outputs(message: Any) -> dict[str, Any] | None:
+    """The format fields as ``StructuredOutputsParams`` fields; more than one is refused in
+    the API's own names."""
+    given: dict[str, tuple[str, Any]] = {}
+    for field, name in (("json_schema", "json"), ("regex", "regex"), ("grammar", "grammar")):
+        if message.HasField(field):
+            given[name] = (field, getattr(message, field))
+    if message.json_object:
+        given["json_object"] = ("json_object", True)
+    if message.choice:
+        given["choice"] = ("choice", list(message.choice))
+    if len(given) > 1:
+        raise invalid("sampling: set at most one of json_schema, json_object, regex, choice "
+                      f"and grammar; got {', '.join(field for field, _ in given.values())}")
+    if not given:
+        return None
+    values = {name: value for name, (_, value) in given.items()}
+    if message.HasField("json_schema_strict"):
+        values["strict"] = message.json_schema_strict
+    return values
 
 
 def check_identifier(name: str, value: str) -> str | None:

@@ -33,6 +33,18 @@ def _check_lists(values: dict[str, Any], limits: Limits) -> None:
     if isinstance(n, int) and n > limits.max_choices:
         raise InvalidRequestError(f"n is {n}; this service makes at most {limits.max_choices} "
                                   "choices per request: ask for fewer")
+    words = values.get("bad_words") or []
+    if len(words) > limits.max_bad_words:
+        raise InvalidRequestError(f"{len(words)} bad words; this service takes at most "
+                                  f"{limits.max_bad_words}: send fewer")
+    longest = max((len(w) for w in words if isinstance(w, str)), default=0)
+    if longest > limits.max_stop_string_chars:
+        raise InvalidRequestError(f"a bad word of {longest} characters; the limit is "
+                                  f"{limits.max_stop_string_chars}: shorten it")
+    bias = values.get("logit_bias") or {}
+    if len(bias) > limits.max_logit_bias:
+        raise InvalidRequestError(f"logit_bias has {len(bias)} entries; this service takes at "
+                                  f"most {limits.max_logit_bias}: send fewer")
     logprobs = values.get("logprobs")
     if isinstance(logprobs, int) and logprobs > limits.max_logprobs:
         raise InvalidRequestError(f"logprobs is {logprobs}; this service returns at most "

@@ -6,6 +6,8 @@
         print(client.generate("The capital of France is", max_tokens=8).text)
         for chunk in client.stream_chat([{"role": "user", "content": "Hi!"}], temperature=0):
             print(chunk.text, end="", flush=True)
+        # Output that follows a JSON schema (or regex=, choice=, grammar=: structured.py)
+        person = json.loads(client.generate("A person:", json_schema=schema).text)
         chat = client.conversation(system="Answer in one word.")
         chat.send("Name a prime.")   # every turn carries the same session id, so it lands on
         chat.send("Another one.")    # the replica that holds the conversation's KV cache
@@ -34,6 +36,11 @@ from serve.client.requests import (
     DEFAULT_TARGET,
     GenerateOptions,
     SamplingOptions,
+)
+from serve.client.structured import (
+    JsonSchema,
+    JsonSchemaFormat,
+    ResponseFormat,
 )
 from serve.client.sync import (
     LLMClient,
@@ -64,7 +71,8 @@ __all__ = [
     "API_KEY_METADATA_KEY", "APPLICATION_METADATA_KEY", "DEFAULT_TARGET", "AsyncConversation",
     "AsyncLLMClient", "Cancelled", "ClientError", "Completion", "Conversation",
     "DeadlineExceeded", "FailedPrecondition", "GenerateOptions", "InternalError",
-    "InvalidArgument", "LLMClient", "ModelInfo", "NotFound", "OutOfRange", "PermissionDenied",
-    "ResourceExhausted", "SamplingOptions", "StreamChunk", "TokenLogprob", "TopLogprob",
-    "Unauthenticated", "Unavailable", "Unimplemented", "Usage",
+    "InvalidArgument", "JsonSchema", "JsonSchemaFormat", "LLMClient", "ModelInfo", "NotFound",
+    "OutOfRange", "PermissionDenied", "ResourceExhausted", "ResponseFormat", "SamplingOptions",
+    "StreamChunk", "TokenLogprob", "TopLogprob", "Unauthenticated", "Unavailable",
+    "Unimplemented", "Usage",
 ]  # fmt: skip

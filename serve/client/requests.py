@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 import grpc
 
+from serve.client.structured import FORMAT_KEYWORDS, JsonSchema, ResponseFormat, format_fields
 from serve.client.types import rpc_code
 from serve.grpc_api import llm_pb2
 
@@ -63,6 +64,18 @@ class SamplingOptions(TypedDict, total=False):
     logprobs: int | None
     min_tokens: int | None
     include_stop_str_in_output: bool | None
+    # The output's format, at most one (serve/client/structured.py).
+    json_schema: Mapping[str, Any] | str | JsonSchema | Any | None  # Any: a pydantic model
+    json_object: bool | None
+    regex: str | None
+    choice: Sequence[str] | None
+    grammar: str | None
+    response_format: ResponseFormat | None
+    # Token masks: token id -> bias in [-100, 100]; the only ids that may be sampled; words
+    # never generated.
+    logit_bias: Mapping[int, float] | None
+    allowed_token_ids: Sequence[int] | None
+    bad_words: Sequence[str] | None
     n: int | None  # choices; their chunks arrive interleaved, each with its index
 
 
@@ -85,6 +98,11 @@ def _unknown(name: str, known: frozenset[str]) -> ValueError:
 
 def _set_field(message: Any, name: str, value: Any) -> None:
     field = message.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a dict, got {value!r}")
+        getattr(message, name).update(value)
+        return
     if field.is_repeated:
         if name == "stop" and isinstance(value, str):
             value = [value]  # stop="\n" is the common case; "\n" as a list would be chars
@@ -112,8 +130,10 @@ def _checked_set(message: Any, name: str, value: Any) -> None:
 def sampling_message(options: Mapping[str, Any]) -> llm_pb2.SamplingParams | None:
     """The ``SamplingParams`` with exactly the given fields set; None when none was given."""
     for name in options:
-        if name not in SAMPLING_FIELDS:
-            raise _unknown(name, SAMPLING_FIELDS | REQUEST_FIELDS | {"timeout_s"})
+        if name not in SAMPLING_FIELDS and name not in FORMAT_KEYWORDS:
+            raise _unknown(name, SAMPLING_FIELDS | REQUEST_FIELDS | {"timeout_s"}
+                           | set(FORMAT_KEYWORDS))
+    options = format_fields(options)
     params = llm_pb2.SamplingParams()
     given = False
     for name, value in options.items():

@@ -37,7 +37,7 @@ from typing import Any
 
 from model.sampling_params import SamplingParams
 from serve.engine.engine import EngineStats, Launched, LLMEngine
-from serve.engine.errors import EngineDeadError
+from serve.engine.errors import EngineDeadError, InvalidRequestError
 from serve.engine.request import RequestOutput, coalesce
 from serve.engine.step_runner import ThreadedStepRunner
 
@@ -141,6 +141,13 @@ class AsyncLLMEngine:
         """Stream outputs until the request finishes; raises the engine's validation errors
         (ValueError, QueueFullError, EngineDeadError) before the first output."""
         request_id = request_id or f"req-{next(self._ids)}"
+        if params is not None and params.structured_outputs is not None:
+            # Compiled here, off the engine thread, so a new grammar (or the first one's
+            # library import) never stalls the running requests; add_request then finds it
+            # in the cache, and reports a grammar that does not compile.
+            with contextlib.suppress(InvalidRequestError):
+                await asyncio.to_thread(self.engine.constraints.compile,
+                                        params.structured_outputs)
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         command = _Add(request_id, prompt, params or SamplingParams(), cache_salt,
                        asyncio.get_running_loop(), stream)

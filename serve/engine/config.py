@@ -164,4 +164,4 @@ class EngineConfig(EngineOptions):
             kv_host_memory=self.kv_host_memory or None,
             max_model_len=self.max_model_len, attention_backend=self.attention_backend,
             load_format=self.load_format, seed=self.seed, cuda_graphs=self.cuda_graphs,
-            cuda_graph_max_batch_size=self.cuda_graph_batch_limit)
+            cuda_graph_max_batch_size=self.cuda_graph_batch_limit, tokenizer=self.tokenizer)

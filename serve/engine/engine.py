@@ -36,6 +36,7 @@ from model.step import NewRequest, ScheduledSequence, StepInput, StepOutput
 from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
+from serve.engine.constraints import RequestConstraints
 from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
 from serve.engine.executor import Executor, host_tier_size
 from serve.engine.kv_events import KVEventSink
@@ -101,6 +102,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens, config.max_waiting_requests)
         self.outputs = OutputProcessor(tokenizer)
+        # Logit masks and grammars, checked (and grammars compiled) when a request is added.
+        self.constraints = RequestConstraints(tokenizer, model_config.vocab_size,
+                                              config.tokenizer or config.model)
         self.event_sink = event_sink
         self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None \
             else model_config.eos_token_id
@@ -134,6 +138,7 @@ class LLMEngine:
         else:
             text, token_ids = None, [int(t) for t in prompt]
         self._validate_prompt(token_ids)
+        params = self.constraints.prepare(params)
         room = min(self.max_model_len, self.kv_capacity_tokens) - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         request = Request(request_id, token_ids, params, max_tokens, self.eos_token_id,

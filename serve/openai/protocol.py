@@ -18,6 +18,7 @@ from model.chat_template import ChatMessage
 from model.sampling_params import SamplingParams
 from serve.config import Limits
 from serve.errors import ERRORS, InvalidRequestError, ServiceError, Status, form_of
+from serve.openai.structured import StructuredFields
 from serve.sampling_limits import MaxTokensError, limited_sampling_params
 
 # Optional sampling fields passed to SamplingParams only when set.
@@ -62,8 +63,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingRequest(BaseModel):
-    """Fields shared by /v1/chat/completions and /v1/completions; extensions are marked."""
+class _SamplingRequest(StructuredFields):
+    """Fields shared by /v1/chat/completions and /v1/completions; extensions are marked.
+    The format and mask fields (response_format, guided_*, ...) are in structured.py."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -91,8 +93,6 @@ class _SamplingRequest(BaseModel):
     cache_salt: str | None = None  # extension: separates tenants' prefix caches
 
     def check_supported(self) -> None:
-        if self.logit_bias:
-            raise bad_request("logit_bias is not supported: leave it out", "logit_bias")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options needs stream: true", "stream_options")
 
@@ -120,11 +120,12 @@ class _SamplingRequest(BaseModel):
                       include_stop_str_in_output=self.include_stop_str_in_output,
                       logprobs=self.requested_logprobs())
         try:
+            values.update(logit_bias=self.logit_bias, **self.mask_values())
             return limited_sampling_params(values, limits, limits.max_new_tokens)
         except MaxTokensError as exc:
             raise bad_request(exc.message, "max_tokens") from None
         except InvalidRequestError as exc:
-            raise bad_request(exc.message) from None
+            raise bad_request(exc.message, getattr(exc, "param", None)) from None
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -135,7 +136,6 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
     # Extensions (vLLM's names): continue the final assistant message instead of answering
     # it; add_generation_prompt false must come with it (a new turn cannot be left out).
     continue_final_message: bool = False
@@ -153,9 +153,6 @@ class ChatCompletionRequest(_SamplingRequest):
         if self.tools or self.functions or self.tool_choice not in (None, "none"):
             raise bad_request("tool calling is not supported: leave out tools, functions and "
                               "tool_choice", "tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise bad_request("only response_format {\"type\": \"text\"} is supported",
-                              "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
 
