@@ -156,6 +156,7 @@ def expected_serve_config(values: dict[str, Any] | None = None) -> dict[str, Any
                       max_message_bytes=v["limits"]["maxMessageBytes"]),
         session_ttl_s=v["sessionTtlSeconds"],
         index_resync_s=v["indexResyncSeconds"],
+        stream_items_per_s=v["streamItemsPerSecond"],
         prefix_routing=v["prefixRouting"],
         max_ongoing_requests=v["maxOngoingRequests"],
         engine=v["engine"],
