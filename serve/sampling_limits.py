@@ -15,36 +15,34 @@ class MaxTokensError(InvalidRequestError):
     """``max_tokens`` is above the service's limit."""
 
 
+def _at_most(count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise InvalidRequestError(f"{count} {what}; this service takes at most {limit}: "
+                                  "send fewer")
+
+
+def _not_longer(strings: list[Any], limit: int, what: str) -> None:
+    longest = max((len(s) for s in strings if isinstance(s, str)), default=0)
+    if longest > limit:
+        raise InvalidRequestError(f"a {what} of {longest} characters; the limit is {limit}: "
+                                  "shorten it")
+
+
 def _check_lists(values: dict[str, Any], limits: Limits) -> None:
     stop = values.get("stop")
     strings = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(strings) > limits.max_stop_strings:
-        raise InvalidRequestError(f"{len(strings)} stop strings; this service takes at most "
-                                  f"{limits.max_stop_strings}: send fewer")
-    longest = max((len(s) for s in strings if isinstance(s, str)), default=0)
-    if longest > limits.max_stop_string_chars:
-        raise InvalidRequestError(f"a stop string of {longest} characters; the limit is "
-                                  f"{limits.max_stop_string_chars}: shorten it")
-    token_ids = values.get("stop_token_ids") or []
-    if len(token_ids) > limits.max_stop_token_ids:
-        raise InvalidRequestError(f"{len(token_ids)} stop token ids; this service takes at "
-                                  f"most {limits.max_stop_token_ids}: send fewer")
+    _at_most(len(strings), limits.max_stop_strings, "stop strings")
+    _not_longer(strings, limits.max_stop_string_chars, "stop string")
+    _at_most(len(values.get("stop_token_ids") or []), limits.max_stop_token_ids,
+             "stop token ids")
+    words = list(values.get("bad_words") or [])
+    _at_most(len(words), limits.max_bad_words, "bad words")
+    _not_longer(words, limits.max_stop_string_chars, "bad word")
+    _at_most(len(values.get("logit_bias") or {}), limits.max_logit_bias, "logit_bias entries")
     n = values.get("n")
     if isinstance(n, int) and n > limits.max_choices:
         raise InvalidRequestError(f"n is {n}; this service makes at most {limits.max_choices} "
                                   "choices per request: ask for fewer")
-    words = values.get("bad_words") or []
-    if len(words) > limits.max_bad_words:
-        raise InvalidRequestError(f"{len(words)} bad words; this service takes at most "
-                                  f"{limits.max_bad_words}: send fewer")
-    longest = max((len(w) for w in words if isinstance(w, str)), default=0)
-    if longest > limits.max_stop_string_chars:
-        raise InvalidRequestError(f"a bad word of {longest} characters; the limit is "
-                                  f"{limits.max_stop_string_chars}: shorten it")
-    bias = values.get("logit_bias") or {}
-    if len(bias) > limits.max_logit_bias:
-        raise InvalidRequestError(f"logit_bias has {len(bias)} entries; this service takes at "
-                                  f"most {limits.max_logit_bias}: send fewer")
     logprobs = values.get("logprobs")
     if isinstance(logprobs, int) and logprobs > limits.max_logprobs:
         raise InvalidRequestError(f"logprobs is {logprobs}; this service returns at most "
