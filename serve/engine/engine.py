@@ -40,7 +40,7 @@ from serve.engine.constraints import RequestConstraints
 from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
 from serve.engine.executor import Executor, host_tier_size
 from serve.engine.kv_events import KVEventSink
-from serve.engine.kv_stats import tier_stats
+from serve.engine.kv_stats import KVTierStats, tier_stats
 from serve.engine.output import OutputProcessor, finished_status
 from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import Scheduler, SchedulerOutput
@@ -49,8 +49,11 @@ from serve.engine.step_runner import PENDING_TOKEN, InlineStepRunner, StepRunner
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineStats:
+@dataclass(frozen=True, kw_only=True)
+class EngineStats(KVTierStats):
+    """The engine's state now; the KV host tier's fields and the prefix cache's hits by
+    tier come from ``KVTierStats`` (serve/engine/kv_stats.py)."""
+
     num_running: int
     num_waiting: int
     num_kv_blocks: int
@@ -61,18 +64,6 @@ class EngineStats:
     # Requests aborted since the engine started (caller left, cancelled): a cancellation
     # that never reached the engine shows as a request that ran to its end instead.
     num_aborted: int = 0
-    # The KV host tier and the prefix cache's hits by tier (serve/engine/kv_stats.py);
-    # counters are totals since the engine started.
-    num_host_kv_blocks: int = 0
-    num_free_host_kv_blocks: int = 0
-    num_offloaded_blocks: int = 0
-    num_restored_blocks: int = 0
-    num_host_dropped_blocks: int = 0
-    kv_bytes_offloaded: int = 0
-    kv_bytes_restored: int = 0
-    num_prefix_query_tokens: int = 0
-    num_device_hit_tokens: int = 0
-    num_host_hit_tokens: int = 0
 
 
 @dataclass(slots=True)

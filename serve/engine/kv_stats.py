@@ -34,18 +34,19 @@ class PrefixHitCounters:
 
 @dataclass(frozen=True)
 class KVTierStats:
-    """The tier fields of ``EngineStats`` (same names); counters are totals since start."""
+    """The KV host tier and the prefix cache's hits by tier, part of ``EngineStats``;
+    counters are totals since the engine started, and all are 0 without a tier."""
 
-    num_host_kv_blocks: int
-    num_free_host_kv_blocks: int  # holding no key
-    num_offloaded_blocks: int
-    num_restored_blocks: int
-    num_host_dropped_blocks: int
-    kv_bytes_offloaded: int
-    kv_bytes_restored: int
-    num_prefix_query_tokens: int
-    num_device_hit_tokens: int
-    num_host_hit_tokens: int
+    num_host_kv_blocks: int = 0
+    num_free_host_kv_blocks: int = 0  # holding no key
+    num_offloaded_blocks: int = 0
+    num_restored_blocks: int = 0
+    num_host_dropped_blocks: int = 0
+    kv_bytes_offloaded: int = 0
+    kv_bytes_restored: int = 0
+    num_prefix_query_tokens: int = 0
+    num_device_hit_tokens: int = 0
+    num_host_hit_tokens: int = 0
 
 
 def tier_stats(manager: BlockManager, host_block_bytes: int) -> KVTierStats:
