@@ -2,9 +2,11 @@
 
 Ranking for each request: (1) the replica its session was served by, (2) the replica
 where its prompt's cached prefix saves the most prefill (device blocks, then host blocks at
-the price of their copy), (3) the less loaded of two random replicas; a replica at its load cap is skipped by (1) and (2). The decision itself is the
-pure ``serve.routing_policy`` (tested without Serve); this module gathers its inputs from
-the prefix index and Serve's queue lengths, and records the outcome.
+the price of their copy), (3) the less loaded of two random replicas; a replica at its
+load cap is skipped by (1) and (2). The decision itself is the pure
+``serve.routing_policy`` (tested without Serve); this module gathers its inputs from the
+prefix index and Serve's queue lengths, and records the outcome. With one candidate there
+is nothing to rank, and the index is not asked.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
                               ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
+        if len(candidate_replicas) == 1:
+            # Nothing to rank: the index lookups, a round trip each, cannot change the
+            # answer (a session still records its owner, in on_request_routed).
+            self._decided("load")
+            return [candidate_replicas]
         request = _serve_request(pending_request)
         index_failures = self.index.num_failures
         decision: RoutingDecision | None = None

@@ -33,8 +33,10 @@ def metrics_app(ray_cluster: None, tiny_checkpoint: Path,
     from serve.app import start_serve
     from serve.config import ServeConfig
 
+    # Two LLMServer replicas: with one, the router has nothing to weigh and asks no index.
     config = ServeConfig(
-        model=str(tiny_checkpoint), ingress_replicas=1, accelerator="cpu", app_name=APP,
+        model=str(tiny_checkpoint), replicas=2, ingress_replicas=1, accelerator="cpu",
+        app_name=APP,
         redis_url=redis_server.url, grpc_port=free_port(), http_port=free_port(),
         engine={"num_kv_blocks": 256, "dtype": "float32"},
     )
