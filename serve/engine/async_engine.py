@@ -2,8 +2,9 @@
 
 The engine itself is single-threaded. Coroutines never touch it directly: they post
 commands (add, abort, call) to an inbox that the engine thread drains before each step,
-and they receive outputs on their own asyncio queue. Leaving a stream early (cancel, break,
-client gone) aborts the request, which returns its KV blocks on the next engine iteration.
+and they receive outputs on their own asyncio queue (``generate``) or in a callback
+(``start``). Leaving a stream early (cancel, break, client gone) aborts the request, which
+returns its KV blocks on the next engine iteration.
 
 The loop survives its callers. Every hand-off tolerates a caller that timed out or was
 cancelled meanwhile (its future is then skipped, and an add that nobody waits for any more
@@ -31,7 +32,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,8 @@ class _Add:
     params: SamplingParams
     cache_salt: str | None
     loop: asyncio.AbstractEventLoop
-    stream: asyncio.Queue[RequestOutput | BaseException]
+    # Called on ``loop`` with each output, or with the error that ends the request.
+    put: Callable[[RequestOutput | BaseException], None]
     accepted: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
@@ -107,7 +109,7 @@ class AsyncLLMEngine:
         self.engine = engine
         self.stall_timeout_s = stall_timeout_s
         self._inbox: queue.Queue[_Add | _Abort | _Call | None] = queue.Queue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, Callable[[Any], None]]] = {}
         self._ids = itertools.count()
         self._stopped = threading.Event()
         self.heartbeat = Heartbeat()
@@ -141,24 +143,15 @@ class AsyncLLMEngine:
         """Stream outputs until the request finishes; raises the engine's validation errors
         (ValueError, QueueFullError, EngineDeadError) before the first output."""
         request_id = request_id or f"req-{next(self._ids)}"
-        if params is not None and params.structured_outputs is not None:
-            # Compiled here, off the engine thread, so a new grammar (or the first one's
-            # library import) never stalls the running requests; add_request then finds it
-            # in the cache, and reports a grammar that does not compile.
-            with contextlib.suppress(InvalidRequestError):
-                await asyncio.to_thread(self.engine.constraints.compile,
-                                        params.structured_outputs)
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        command = _Add(request_id, prompt, params or SamplingParams(), cache_salt,
-                       asyncio.get_running_loop(), stream)
-        self._post(command)
         finished = False
         try:
-            await self._wait(asyncio.wrap_future(command.accepted))
+            await self.start(prompt, params, request_id, cache_salt, stream.put_nowait)
             while True:
-                # Everything waiting is read at once; only an empty queue is waited on.
-                items = [stream.get_nowait() if not stream.empty()
-                         else await self._wait(stream.get())]
+                # Everything waiting is read at once; only an empty queue is waited on. The
+                # engine thread ends every stream when it stops (``_run``), so this wait is
+                # bounded by the loop's life.
+                items = [stream.get_nowait() if not stream.empty() else await stream.get()]
                 while not stream.empty():
                     items.append(stream.get_nowait())
                 outputs = [item for item in items if not isinstance(item, BaseException)]
@@ -177,6 +170,24 @@ class AsyncLLMEngine:
                 # the inbox is FIFO, so an add the loop has not reached yet is undone.
                 with contextlib.suppress(EngineDeadError):
                     self.abort(request_id)
+
+    async def start(self, prompt: str | Sequence[int], params: SamplingParams | None,
+                    request_id: str, cache_salt: str | None,
+                    put: Callable[[RequestOutput | BaseException], None]) -> None:
+        """Add a request whose outputs the engine hands to ``put``, on this event loop, one
+        call per step it has new output in (or once with the error that ends it); raises
+        the engine's validation errors. The caller aborts it if it stops listening early."""
+        if params is not None and params.structured_outputs is not None:
+            # Compiled here, off the engine thread, so a new grammar (or the first one's
+            # library import) never stalls the running requests; add_request then finds it
+            # in the cache, and reports a grammar that does not compile.
+            with contextlib.suppress(InvalidRequestError):
+                await asyncio.to_thread(self.engine.constraints.compile,
+                                        params.structured_outputs)
+        command = _Add(request_id, prompt, params or SamplingParams(), cache_salt,
+                       asyncio.get_running_loop(), put)
+        self._post(command)
+        await self._wait(asyncio.wrap_future(command.accepted))
 
     async def _wait(self, awaitable: Any) -> Any:
         """Await while the loop is alive: the bound is the loop's health, not a fixed time,
@@ -221,16 +232,20 @@ class AsyncLLMEngine:
 
     def _run(self) -> None:
         launched: Launched | None = None
-        while not self._stopped.is_set():
-            if launched is None and not self.engine.has_unfinished_requests():
-                self._publish()
-                # Idle: sleep until a command arrives (shutdown posts None to wake us).
-                command = self._inbox.get()
-                if command is None:
-                    break
-                self._handle(command)
-            launched = self._iterate(launched)
-        self._fail_streams(EngineDeadError("the engine shut down"))
+        try:
+            while not self._stopped.is_set():
+                if launched is None and not self.engine.has_unfinished_requests():
+                    self._publish()
+                    # Idle: sleep until a command arrives (shutdown posts None to wake us).
+                    command = self._inbox.get()
+                    if command is None:
+                        break
+                    self._handle(command)
+                launched = self._iterate(launched)
+        finally:
+            # However the loop ends, no caller is left waiting for an output.
+            self._fail_streams(EngineDeadError(self.engine.dead_reason
+                                               or "the engine shut down"))
 
     def _iterate(self, launched: Launched | None) -> Launched | None:
         """Admit commands, launch step N+1 behind step N, collect N, and render it while N+1 runs."""
@@ -255,7 +270,7 @@ class AsyncLLMEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand the outputs to their callers: one call per event loop, not per output."""
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Any], None], Any]]] = {}
         streams = self._streams
         for output in outputs:
             target = streams.get(output.request_id)
@@ -263,8 +278,8 @@ class AsyncLLMEngine:
                 continue
             if output.finished:
                 del streams[output.request_id]
-            loop, stream = target
-            batches.setdefault(loop, []).append((stream, output))
+            loop, put = target
+            batches.setdefault(loop, []).append((put, output))
         for loop, batch in batches.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop already closed
                 loop.call_soon_threadsafe(_put_all, batch)
@@ -301,18 +316,21 @@ class AsyncLLMEngine:
         def add() -> None:
             self.engine.add_request(command.request_id, command.prompt, command.params,
                                     command.cache_salt)
-            self._streams[command.request_id] = (command.loop, command.stream)
+            self._streams[command.request_id] = (command.loop, command.put)
 
         # A caller that already gave up is skipped: no request is added for it.
         _settle(command.accepted, add)
 
     def _fail_streams(self, error: BaseException) -> None:
-        for loop, stream in self._streams.values():
+        for loop, put in self._streams.values():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stream.put_nowait, error)
+                loop.call_soon_threadsafe(_put_all, [(put, error)])
         self._streams.clear()
 
 
-def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
-    for stream, item in batch:
-        stream.put_nowait(item)
+def _put_all(batch: list[tuple[Callable[[Any], None], Any]]) -> None:
+    for put, item in batch:
+        try:
+            put(item)
+        except Exception:  # one caller's failure must not keep the others' outputs
+            logger.exception("handing an output to its caller failed")
