@@ -49,7 +49,9 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     tp = config.tensor_parallel_size
     gpu = uses_gpus(config)
     options: dict[str, Any] = {
-        "max_ongoing_requests": config.replica_max_ongoing_requests,
+        # Each Ingress replica's output channel holds one call open (serve/output_channel.py).
+        "max_ongoing_requests": config.replica_max_ongoing_requests
+        + (config.ingress_replicas if config.prefix_routing else 0),
         "max_queued_requests": config.caller_max_queued_requests,
         "request_router_config": RequestRouterConfig(
             request_router_class=ROUTER_PATH,
@@ -113,7 +115,8 @@ def build_app(config: ServeConfig) -> Any:
         model_name=config.model or "SmolLM2-135M-Instruct",
         tokenizer=engine.tokenizer or engine.model, block_size=engine.block_size,
         tensor_parallel_size=engine.tensor_parallel_size, max_model_len=max_model_len,
-        api_key=config.api_key, limits=config.limits)
+        api_key=config.api_key, limits=config.limits, stream_items_per_s=items_per_s,
+        output_channels=config.prefix_routing)
     return Ingress.options(num_replicas=config.ingress_replicas,
                            max_ongoing_requests=ingress_max_ongoing_requests(config),
                            ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(llm, settings)

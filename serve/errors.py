@@ -26,8 +26,8 @@ from serve.engine.errors import (
 __all__ = [
     "ERRORS", "EngineDeadError", "ErrorForm", "InternalError", "InvalidRequestError",
     "ModelNotFoundError", "PromptTooLongError", "QueueFullError", "RequestTooLargeError",
-    "REPLICA_FAILED", "ServiceError", "Status", "UnauthenticatedError", "downstream_error",
-    "form_of", "grpc_code", "invalid",
+    "REPLICA_FAILED", "ServiceError", "Status", "StreamLostError", "UnauthenticatedError",
+    "downstream_error", "form_of", "grpc_code", "invalid",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 # What a client hears when the replica (or a worker of it) serving its request fails; the
 # cause goes to the server's log, never to the client.
 REPLICA_FAILED = "the replica serving this request failed; retry"
+
+
+class StreamLostError(RuntimeError):
+    """A request's output stopped coming before its end: the channel carrying it went
+    away (serve/ingress_channels.py). Retryable, like a failed replica."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def downstream_error(exc: BaseException, request_id: str) -> ServiceError:
     if isinstance(exc, BackPressureError):
         return QueueFullError("the service is at capacity (every replica and the queue for "
                               "them are full); retry later")
-    if isinstance(exc, (RayError, RayServeException)):
+    if isinstance(exc, (RayError, RayServeException, StreamLostError)):
         logger.warning("request %s: the LLMServer call failed: %r", request_id, exc)
         return EngineDeadError(REPLICA_FAILED)
     reference = uuid.uuid4().hex[:12]

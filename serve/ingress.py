@@ -22,7 +22,7 @@ from ray import serve
 
 from model.sampling_params import SamplingParams
 from model.tokenizer import load_model_tokenizer
-from serve.chunk_stream import CoalescingStream
+from serve.chunk_stream import CHANNEL_END_GRACE_S, CoalescingStream
 from serve.config import IngressSettings
 from serve.convert import chat_messages, check_identifier, response, sampling_params
 from serve.engine.block_hash import hash_prompt_blocks
@@ -37,7 +37,9 @@ from serve.errors import (
 )
 from serve.grpc_api import llm_pb2
 from serve.grpc_service import MalformedRequest
-from serve.protocol import ServeRequest
+from serve.ingress_channels import IngressChannels
+from serve.protocol import ServeChunk, ServeRequest
+from serve.stream_pacing import StreamPacer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class Ingress:
                                      self.max_model_len - 1)
         self.max_new_tokens = limits.max_new_tokens
         self.max_message_bytes = limits.max_message_bytes
+        self.pacer = StreamPacer(settings.stream_items_per_s)
+        # Made on the first stream, inside the replica's event loop.
+        self._channels: IngressChannels | None = None
 
     def __serve_build_asgi_app__(self) -> Any:
         from serve.openai.app import build_openai_app
@@ -109,6 +114,14 @@ class Ingress:
             model=self.settings.model_name, max_model_len=self.max_model_len,
             vocab_size=self.tokenizer.vocab_size, block_size=self.block_size,
             tensor_parallel_size=self.settings.tensor_parallel_size, version=VERSION)
+
+    async def output_channel_stats(self) -> dict[str, Any]:
+        """What this replica's output channels carried so far (operators' tools, tests)."""
+        channels = self._channels
+        if channels is None:
+            return {"open_replicas": [], "num_batches": 0, "num_chunks": 0}
+        return {"open_replicas": sorted(channels.open_replicas),
+                "num_batches": channels.num_batches, "num_chunks": channels.num_chunks}
 
     # ---- shared -----------------------------------------------------------------------------
 
@@ -214,8 +227,25 @@ class Ingress:
                 stream.cancel()
 
     def open_stream(self, serve_request: ServeRequest) -> CoalescingStream:
-        """The LLMServer's chunks for the request, coalesced (serve/chunk_stream.py)."""
-        return CoalescingStream(self.llm.generate.remote(serve_request))
+        """The LLMServer's chunks for the request, paced and coalesced
+        (serve/chunk_stream.py), from its call or this Ingress's output channel."""
+        if not self.settings.output_channels:
+            return CoalescingStream(self.llm.generate.remote(serve_request), self.pacer)
+        if self._channels is None:
+            self._channels = IngressChannels(self.llm)
+        channels = self._channels
+        request_id = serve_request.request_id
+        serve_request.channel_id = channels.channel_id
+
+        def from_call(chunk: ServeChunk) -> None:
+            channels.saw_replica(chunk.replica_id)
+
+        stream = CoalescingStream(self.llm.generate.remote(serve_request), self.pacer,
+                                  on_call_chunk=from_call,
+                                  on_close=lambda: channels.unregister(request_id),
+                                  end_grace_s=CHANNEL_END_GRACE_S)
+        channels.register(request_id, stream)
+        return stream
 
     def _fail_with(self, grpc_context: Any, exc: BaseException, request_id: str) -> NoReturn:
         """Any exception as a clean status: bad input (ValueError from the tokenizer or the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -15,12 +16,14 @@ from ray import serve
 from serve.engine.async_engine import AsyncLLMEngine
 from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.config import EngineConfig
+from serve.engine.errors import EngineDeadError
 from serve.engine.factory import create_engine
 from serve.engine.request import RequestOutput
 from serve.errors import REPLICA_FAILED, ServiceError, Status
 from serve.metrics import RequestRecord, ServerMetrics
+from serve.output_channel import ChannelClosedError, OutputChannel
 from serve.prefix_index.access import make_publisher
-from serve.protocol import ServeChunk, ServeRequest
+from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
 from serve.stream_interleave import interleave
 from serve.stream_pacing import StreamPacer
 
@@ -51,6 +54,12 @@ def _chunk(output: RequestOutput, request_id: str, replica_id: str, index: int =
         if completion.finish_reason == "error":
             chunk.error_code, chunk.error = Status.UNAVAILABLE, REPLICA_FAILED
     return chunk
+
+
+def _log_failure(request: ServeRequest, output: RequestOutput) -> None:
+    if output.finished and output.outputs[0].finish_reason == "error":
+        logger.error("request %s (client id %r) failed: %s", request.request_id,
+                     request.client_request_id, output.error)
 
 
 class _Choices:
@@ -129,6 +138,7 @@ class LLMServer:
         self.model_config = engine.model_config
         self.index_resync_s = index_resync_s
         self.pacer = StreamPacer(stream_items_per_s)
+        self.channels: dict[str, OutputChannel] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self.metrics = ServerMetrics()
         self._metrics_task: asyncio.Task[None] | None = None
@@ -174,42 +184,118 @@ class LLMServer:
                 logger.exception("republishing cached blocks failed")
 
     async def generate(self, request: ServeRequest) -> AsyncIterator[ServeChunk]:
-        """Stream the request's output; errors arrive as a final chunk with error_code."""
+        """Stream the request's output; errors arrive as a final chunk with error_code.
+
+        With the request's output channel open here, the chunks go there instead and this
+        call ends, with nothing, once the final one is sent (serve/output_channel.py)."""
         self._ensure_resync()
         timing = _Timing(time.perf_counter())
+        channel = self.channels.get(request.channel_id) if request.channel_id else None
+        if channel is not None and channel.closed:  # closing: the call carries the chunks
+            channel = None
         pacer = self.pacer
-        pacer.live += 1
-        choices = _Choices(request.params.n)
+        pacer.live += channel is None
         try:
+            if channel is not None:
+                await self._on_channel(request, channel, timing)
+                return
+            choices = _Choices(request.params.n)
             async for index, output in self._outputs(request):
                 if index == 0:
                     timing.saw(output)
-                if output.finished and output.outputs[0].finish_reason == "error":
-                    logger.error("request %s (client id %r) failed: %s", request.request_id,
-                                 request.client_request_id, output.error)
+                _log_failure(request, output)
                 chunk = choices.mark(_chunk(output, request.echo_id, self.replica_id, index))
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
                 if not chunk.final:
                     await pacer.after_item(time.monotonic())
-        except ServiceError as exc:
+        except Exception as exc:
             timing.failed = True
-            yield self._error(request, exc.status, exc.message)
-        except ValueError as exc:  # the model layer's own validation (sampling parameters)
-            timing.failed = True
-            yield self._error(request, Status.INVALID_ARGUMENT, str(exc))
-        except Exception:
-            timing.failed = True
-            logger.exception("request %s (client id %r) failed", request.request_id,
-                             request.client_request_id)
-            yield self._error(request, Status.INTERNAL,
-                              f"internal error (request {request.request_id}); retry later")
+            yield self._error_for(request, exc)
         finally:
-            pacer.live -= 1
+            pacer.live -= channel is None
             # Also reached when the caller leaves early (GeneratorExit): an abort.
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())
+
+    async def _on_channel(self, request: ServeRequest, channel: OutputChannel,
+                          timing: _Timing) -> None:
+        """Run the request with its chunks put on ``channel`` straight from the engine's
+        hand-off (no coroutine per request per step); return once the final one is sent."""
+        n = request.params.n
+        choices = _Choices(n)
+        ids = [choice_request_id(request.request_id, i, n) for i in range(n)]
+        # The number of the batch with the request's last chunk, or why it ended early.
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        complete = False
+
+        def put(index: int, item: RequestOutput | BaseException) -> None:
+            nonlocal complete
+            if done.done():
+                return
+            if isinstance(item, BaseException):
+                done.set_exception(item)
+                return
+            if index == 0:
+                timing.saw(item)
+            _log_failure(request, item)
+            chunk = choices.mark(_chunk(item, request.echo_id, self.replica_id, index))
+            try:
+                batch = channel.put(request.request_id, chunk)
+            except ChannelClosedError as exc:
+                done.set_exception(exc)
+                return
+            if chunk.error_code is not None:
+                done.set_result(batch)
+            elif chunk.final:
+                complete = True
+                done.set_result(batch)
+
+        channel.num_bound += 1
+        try:
+            for i, choice_id in enumerate(ids):
+                await self.engine.start(request.prompt_token_ids,
+                                        choice_params(request.params, i), choice_id,
+                                        request.cache_salt, functools.partial(put, i))
+            await channel.sent(await done)
+        finally:
+            channel.num_bound -= 1
+            if not complete:  # failed, cancelled, or a choice failed: stop the others
+                for choice_id in ids:
+                    with contextlib.suppress(EngineDeadError):
+                        self.engine.abort(choice_id)
+
+    def _error_for(self, request: ServeRequest, exc: Exception) -> ServeChunk:
+        """The final chunk that reports ``exc`` to the client."""
+        if isinstance(exc, ChannelClosedError):
+            return self._error(request, Status.UNAVAILABLE,
+                               "the stream to the front end closed; retry the request")
+        if isinstance(exc, ServiceError):
+            return self._error(request, exc.status, exc.message)
+        if isinstance(exc, ValueError):  # the model layer's own validation (sampling)
+            return self._error(request, Status.INVALID_ARGUMENT, str(exc))
+        logger.error("request %s (client id %r) failed", request.request_id,
+                     request.client_request_id, exc_info=exc)
+        return self._error(request, Status.INTERNAL,
+                           f"internal error (request {request.request_id}); retry later")
+
+    async def channel(self, opening: ChannelOpen) -> AsyncIterator[ChannelBatch]:
+        """An Ingress's output channel on this replica (serve/output_channel.py): an empty
+        item once it is open, then the chunks of the requests that name it. Ends at once
+        when sent to another replica, and by itself when idle."""
+        if opening.replica_id != self.replica_id:
+            return
+        channel = OutputChannel(opening.channel_id)
+        # A newer channel by the same id takes new requests; the old one serves its own.
+        self.channels[opening.channel_id] = channel
+        try:
+            async with contextlib.aclosing(channel.batches()) as batches:
+                async for batch in batches:
+                    yield batch
+        finally:
+            if self.channels.get(opening.channel_id) is channel:
+                del self.channels[opening.channel_id]
 
     def _error(self, request: ServeRequest, status: Status, message: str) -> ServeChunk:
         return ServeChunk(request.echo_id, finish_reason="error", error_code=status,

@@ -24,6 +24,9 @@ class ServeRequest:
     # The prompt's chained block keys (serve.engine.block_hash), for prefix-aware routing.
     block_hashes: list[bytes] = field(default_factory=list)
     client_request_id: str = ""
+    # The Ingress's output channel (serve/output_channel.py): when the replica holds one by
+    # this id, the request's chunks travel on it; "" or unknown, on the call itself.
+    channel_id: str = ""
 
     @property
     def echo_id(self) -> str:
@@ -56,6 +59,19 @@ class ServeChunk:
     # stack trace, so the replica reports the status and the Ingress maps it (serve/errors.py).
     error_code: Status | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelOpen:
+    """The one argument of ``LLMServer.channel``: the router sends it to ``replica_id`` only."""
+
+    channel_id: str
+    replica_id: str
+
+
+# One channel item: the chunks of every request on the channel since its previous item,
+# each with the engine's request id (``ServeRequest.request_id``), oldest first.
+ChannelBatch = list[tuple[str, ServeChunk]]
 
 
 def merge_chunks(chunks: list[ServeChunk]) -> ServeChunk:

@@ -7,13 +7,16 @@ load cap is skipped by (1) and (2). The decision itself is the pure
 ``serve.routing_policy`` (tested without Serve); this module gathers its inputs from the
 prefix index and Serve's queue lengths, and records the outcome. With one candidate there
 is nothing to rank, and the index is not asked.
+
+An Ingress's output channel (``ChannelOpen``, serve/ingress_channels.py) goes to the
+replica it names, and only there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 from ray.serve.request_router import (
     FIFOMixin,
@@ -26,7 +29,7 @@ from ray.serve.request_router import (
 from serve.metrics import router_metrics
 from serve.prefix_index.access import RouterIndex
 from serve.prefix_index.base import TierMatch
-from serve.protocol import ServeRequest
+from serve.protocol import ChannelOpen, ServeRequest
 from serve.routing_policy import (
     ReplicaLoad,
     RoutingDecision,
@@ -36,6 +39,8 @@ from serve.routing_policy import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def replica_key(replica: RunningReplica | ReplicaID) -> str:
@@ -79,6 +84,12 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
                               ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
+        opening = _argument(pending_request, ChannelOpen)
+        if opening is not None:
+            # An output channel goes to the replica it is for, or nowhere (Serve retries
+            # until the Ingress gives up on it); it is no routing decision.
+            pinned = [r for r in candidate_replicas if replica_key(r) == opening.replica_id]
+            return [pinned] if pinned else []
         if len(candidate_replicas) == 1:
             # Nothing to rank: the index lookups, a round trip each, cannot change the
             # answer (a session still records its owner, in on_request_routed).
@@ -117,10 +128,14 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
         self.index.remove_replica(replica_key(replica_id))
 
 
-def _serve_request(pending_request: PendingRequest | None) -> ServeRequest | None:
+def _argument(pending_request: PendingRequest | None, kind: type[T]) -> T | None:
     if pending_request is None:
         return None
     for arg in pending_request.args:
-        if isinstance(arg, ServeRequest):
+        if isinstance(arg, kind):
             return arg
     return None
+
+
+def _serve_request(pending_request: PendingRequest | None) -> ServeRequest | None:
+    return _argument(pending_request, ServeRequest)

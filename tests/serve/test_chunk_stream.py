@@ -1,16 +1,19 @@
-"""CoalescingStream's merging rules, on an asyncio source the test paces. The Serve stream
-it wraps in the service is covered by the service tests (tests/serve/test_service.py)."""
+"""CoalescingStream's merging, pacing and ending rules, on an asyncio source the test paces.
+The Serve stream and output channel it reads in the service are covered by the service
+tests (tests/serve/test_service.py, test_output_channels.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from serve.chunk_stream import CoalescingStream
-from serve.errors import Status
+from serve.errors import Status, StreamLostError
 from serve.protocol import ServeChunk
+from serve.stream_pacing import StreamPacer
 
 
 class Source:
@@ -95,3 +98,58 @@ def test_chunks_of_different_choices_are_never_joined() -> None:
         return [(item.index, item.text) async for item in stream]
 
     assert asyncio.run(run()) == [(0, "ab"), (1, "x"), (0, "c"), (1, "y")]
+
+
+def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_ended() -> None:
+    async def run() -> None:
+        closed: list[bool] = []
+        source = Source()
+        stream = CoalescingStream(source, on_close=lambda: closed.append(True),
+                                  end_grace_s=5.0)
+        stream.push(chunk("a", 1))
+        assert (await stream.__anext__()).text == "a"
+        source.items.put_nowait(None)  # the call ends cleanly: the rest is on the channel
+        await asyncio.sleep(0.05)
+        reader = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.05)
+        assert not reader.done()  # waiting for the final chunk, not ended
+        stream.push(chunk("b", 2, finish_reason="stop", final=True))
+        last = await asyncio.wait_for(reader, 1)
+        assert (last.text, last.final) == ("b", True)
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        assert closed == [True]
+
+        # A final chunk that never comes: the stream fails after the grace.
+        lost = Source()
+        stream = CoalescingStream(lost, end_grace_s=0.1)
+        lost.items.put_nowait(None)
+        with pytest.raises(StreamLostError):
+            await asyncio.wait_for(stream.__anext__(), 5)
+
+    asyncio.run(run())
+
+
+def test_reads_are_paced_by_the_budget_except_the_first_and_the_last() -> None:
+    async def run() -> None:
+        pacer = StreamPacer(items_per_s=1.0)  # one live stream: a read per second
+        source = Source()
+        stream = CoalescingStream(source, pacer)
+        assert pacer.live == 1
+        source.items.put_nowait(chunk("a", 1))
+        start = time.monotonic()
+        assert (await stream.__anext__()).text == "a"  # the first read never waits
+        source.items.put_nowait(chunk("b", 2))
+        source.items.put_nowait(chunk("c", 3))
+        paced = await stream.__anext__()
+        assert time.monotonic() - start >= 0.9
+        assert paced.text == "bc"  # what came meanwhile, as one chunk
+        pacer.items_per_s = 0.2  # a 5 s gap now
+        source.items.put_nowait(chunk("d", 4, finish_reason="stop", final=True))
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        assert (await stream.__anext__()).final  # the last chunk does not wait its turn
+        assert time.monotonic() - start < 2.5
+        assert pacer.live == 0
+
+    asyncio.run(run())

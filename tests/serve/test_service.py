@@ -77,6 +77,28 @@ def test_streaming_matches_offline_engine(client: LLMClient, tiny_checkpoint: Pa
     assert completion.text == expected_chat.text
 
 
+def test_streams_move_to_output_channels_with_the_same_output(client: LLMClient,
+                                                              tiny_checkpoint: Path) -> None:
+    """A replica's first streams from an Ingress come on their own calls; then the Ingress
+    holds a channel to it and the chunks come there, token for token the same."""
+    offline = LLM(str(tiny_checkpoint), num_kv_blocks=128, dtype="float32")
+    prompt = "Channels carry every stream of a replica"
+    expected = offline.generate(prompt, SamplingParams(max_tokens=10, **GREEDY))[0].outputs[0]
+
+    def carried() -> int:
+        stats = call_each_replica("mistral", "Ingress", "output_channel_stats").values()
+        return sum(s["num_chunks"] for s in stats)
+
+    before = carried()
+    for _ in range(12):
+        chunks = list(client.stream_generate(prompt, max_tokens=10, **GREEDY))
+        assert [t for c in chunks for t in c.token_ids] == expected.token_ids
+        assert "".join(c.text for c in chunks) == expected.text
+    assert carried() > before
+    stats = call_each_replica("mistral", "Ingress", "output_channel_stats").values()
+    assert any(s["open_replicas"] for s in stats)
+
+
 def _conversation_turns(
     client: LLMClient, session_id: str | None, turns: int = 5
 ) -> list[tuple[str, int, int]]:
