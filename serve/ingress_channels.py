@@ -97,7 +97,3 @@ class IngressChannels:
             stream = streams.get(request_id)
             if stream is not None:  # else: the client left meanwhile
                 stream.push(chunk)
-
-    def close(self) -> None:
-        for task in list(self._readers.values()):
-            task.cancel()

@@ -1,11 +1,12 @@
-"""How often one LLMServer replica's streams may each send an item.
+"""How often the streams of one Ingress replica (or of one LLMServer replica, for streams
+without an output channel) may each send an item.
 
-Every item a stream yields crosses Serve twice (LLMServer to Ingress, Ingress to the proxy)
-and becomes a protobuf message or an SSE event: the path's cost is per item, not per token.
-So the replica spends a budget of items per second across its live streams: after an item,
-a stream waits until ``live streams / items_per_s`` has passed since its last one, and the
-engine's outputs that arrive meanwhile go out together (``AsyncLLMEngine.generate``
-coalesces them). A lone stream, or a few, waits well under a millisecond, so each token
+Every item a stream sends to the proxy crosses a Serve hop and becomes a protobuf message
+or an SSE event: the cost of that path is per item, not per token. So a replica spends a
+budget of items per second across its live streams: after an item, a stream waits until
+``live streams / items_per_s`` has passed since its last one, and the output that arrives
+meanwhile goes out together (``CoalescingStream`` in the Ingress, ``AsyncLLMEngine.generate``
+in the LLMServer). A lone stream, or a few, waits well under a millisecond, so each token
 goes out as it is made; hundreds share the budget, several tokens per item. The first item
 of a stream never waits.
 """
