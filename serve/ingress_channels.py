@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -63,7 +64,11 @@ class IngressChannels:
         failed = self._failed_at.get(replica_id)
         if failed is not None and time.monotonic() - failed < self.retry_after_s:
             return
-        task = asyncio.get_running_loop().create_task(self._read(replica_id))
+        # A context of its own: Serve cancels the calls a request makes (found through the
+        # request's context) when that request is cancelled, and the channel outlives the
+        # request whose chunk opened it.
+        task = asyncio.get_running_loop().create_task(self._read(replica_id),
+                                                      context=contextvars.Context())
         self._readers[replica_id] = task
 
     async def _read(self, replica_id: str) -> None:

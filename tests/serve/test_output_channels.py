@@ -1,10 +1,12 @@
 """Output channels end to end on a real engine: the LLMServer in-process (its channel and
-request calls as Serve would drive them), then the service, where the Ingress opens them."""
+request calls as Serve would drive them), then a service of one Ingress and one LLMServer
+replica, where every stream of the Ingress shares its one channel."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -117,3 +119,55 @@ def test_a_cancelled_request_on_a_channel_is_aborted(server: object) -> None:
             assert await free_blocks_return(server)
 
     asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def one_channel_service(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[str]:
+    from ray import serve
+
+    from serve.app import start_serve
+    from serve.config import ServeConfig
+    from tests.serve.conftest import free_port
+
+    config = ServeConfig(model=str(tiny_checkpoint), app_name="channels", accelerator="cpu",
+                         grpc_port=free_port(), http_port=free_port(),
+                         engine={"num_kv_blocks": 256, "dtype": "float32"})
+    start_serve(config)
+    try:
+        yield f"localhost:{config.grpc_port}"
+    finally:
+        serve.shutdown()
+
+
+def open_replicas() -> list[str]:
+    from tests.serve.conftest import call_each_replica
+
+    stats = call_each_replica("channels", "Ingress", "output_channel_stats")
+    return [replica for s in stats.values() for replica in s["open_replicas"]]
+
+
+def test_cancelling_the_stream_that_opened_the_channel_leaves_it_open(
+        one_channel_service: str) -> None:
+    """Serve cancels the calls a request made when that request is cancelled; the channel
+    its first chunk opened is not one of them, so the streams on the channel run on."""
+    from serve.client import LLMClient
+
+    greedy = {"temperature": 0.0, "ignore_eos": True}
+    with LLMClient(one_channel_service, timeout_s=60) as client:
+        deadline = time.monotonic() + 30
+        while open_replicas():  # idle channels end: the next stream opens one
+            assert time.monotonic() < deadline, "the output channel never idled out"
+            time.sleep(0.2)
+        opener = client.stream_generate("the stream that opens the channel",
+                                        max_tokens=400, **greedy)
+        next(opener)
+        while not open_replicas():
+            assert time.monotonic() < deadline, "no output channel opened"
+            time.sleep(0.05)
+        rider = client.stream_generate("a stream on the channel", max_tokens=60, **greedy)
+        chunks = [next(rider)]
+        opener.close()  # cancelled, and with it whatever its request called
+        chunks.extend(rider)
+        assert sum(len(c.token_ids) for c in chunks) == 60
+        assert chunks[-1].finish_reason == "length"
+        assert open_replicas()
