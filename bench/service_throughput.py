@@ -5,8 +5,10 @@ Offline: ``LLM.generate`` with every request submitted at once. Service: ``mistr
 app on a local Ray (1 LLMServer replica, 1 Ingress), the same requests as concurrent
 streams over gRPC (the asyncio SDK) and over HTTP (OpenAI's streaming completions API).
 Prints one JSON line per path: output tok/s, TTFT p50/p99, inter-token latency p50/p99,
-and the ratio of each service path to offline. Default: 256 streams, 128-token prompts, 64
-new tokens, a tiny random Mistral (2 layers, full 32K vocabulary) on CPU.
+the ratio of each service path to offline, and each service process's CPU seconds (with
+how long its busiest thread, the engine's step thread in the LLMServer, waited for a
+core). Default: 256 streams, 128-token prompts, 64 new tokens, a tiny random Mistral (2
+layers, full 32K vocabulary) on CPU.
 
     python bench/service_throughput.py
     python bench/service_throughput.py --streams 64 --prompt-len 128 --max-tokens 32
@@ -27,9 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.prefix_routing import free_port  # noqa: E402
+from bench.process_cpu import ProcessCpu  # noqa: E402
 from model.random_checkpoint import random_prompts, write_tiny_checkpoint  # noqa: E402
 from serve.client.load import Outcome, StreamSpec, percentile, run_streams  # noqa: E402
 
+# Where the service's CPU goes, process by process (bench/process_cpu.py).
+SERVICE_PROCESSES = ("LLMServer", "Ingress", "ProxyActor")
 # torch threads in a CPU LLMServer replica (OMP_NUM_THREADS, which Ray sets from num_cpus).
 REPLICA_THREADS = 1
 
@@ -138,12 +143,17 @@ def service(model: str, prompts: list[list[int]], args: argparse.Namespace
         target = f"localhost:{config.grpc_port}"
         specs = [StreamSpec(p, args.max_tokens) for p in prompts]
         asyncio.run(run_streams(target, specs[:4], timeout_s=600))  # warm up
-        start = time.perf_counter()
-        outcomes = asyncio.run(run_streams(target, specs, timeout_s=600))
-        figures["grpc"] = latency_figures(outcomes, time.perf_counter() - start)
-        start = time.perf_counter()
-        outcomes = asyncio.run(over_http(config.http_port, prompts, args.max_tokens))
-        figures["http_openai"] = latency_figures(outcomes, time.perf_counter() - start)
+        with ProcessCpu(SERVICE_PROCESSES) as cpu:
+            start = time.perf_counter()
+            outcomes = asyncio.run(run_streams(target, specs, timeout_s=600))
+            seconds = time.perf_counter() - start
+        figures["grpc"] = {**latency_figures(outcomes, seconds), "process_cpu": cpu.figures()}
+        with ProcessCpu(SERVICE_PROCESSES) as cpu:
+            start = time.perf_counter()
+            outcomes = asyncio.run(over_http(config.http_port, prompts, args.max_tokens))
+            seconds = time.perf_counter() - start
+        figures["http_openai"] = {**latency_figures(outcomes, seconds),
+                                  "process_cpu": cpu.figures()}
     finally:
         serve.shutdown()
         ray.shutdown()
