@@ -148,9 +148,11 @@ def service(model: str, prompts: list[list[int]], args: argparse.Namespace
             outcomes = asyncio.run(run_streams(target, specs, timeout_s=600))
             seconds = time.perf_counter() - start
         figures["grpc"] = {**latency_figures(outcomes, seconds), "process_cpu": cpu.figures()}
+        # Prompts of their own: the gRPC run's are in the replica's prefix cache now.
+        http_prompts = random_prompts(len(prompts), len(prompts[0]), 32000, seed=1)
         with ProcessCpu(SERVICE_PROCESSES) as cpu:
             start = time.perf_counter()
-            outcomes = asyncio.run(over_http(config.http_port, prompts, args.max_tokens))
+            outcomes = asyncio.run(over_http(config.http_port, http_prompts, args.max_tokens))
             seconds = time.perf_counter() - start
         figures["http_openai"] = {**latency_figures(outcomes, seconds),
                                   "process_cpu": cpu.figures()}
