@@ -19,11 +19,12 @@ from serve.engine.config import EngineConfig
 from serve.engine.errors import EngineDeadError
 from serve.engine.factory import create_engine
 from serve.engine.request import RequestOutput
-from serve.errors import REPLICA_FAILED, ServiceError, Status
-from serve.metrics import RequestRecord, ServerMetrics
+from serve.errors import ServiceError, Status
+from serve.metrics import ServerMetrics
 from serve.output_channel import ChannelClosedError, OutputChannel
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
+from serve.server_outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
 from serve.stream_interleave import interleave
 from serve.stream_pacing import StreamPacer
 
@@ -31,96 +32,6 @@ logger = logging.getLogger(__name__)
 
 # How often the engine gauges (KV blocks, queue) are refreshed; Ray exports every ~10 s.
 METRICS_PERIOD_S = 5.0
-
-
-def _chunk(output: RequestOutput, request_id: str, replica_id: str, index: int = 0
-           ) -> ServeChunk:
-    completion = output.outputs[0]
-    chunk = ServeChunk(
-        request_id=request_id,
-        text=completion.delta_text,
-        token_ids=completion.delta_token_ids,
-        logprobs=completion.delta_logprobs,
-        finish_reason=completion.finish_reason,
-        stop_reason=completion.stop_reason,
-        replica_id=replica_id,
-        index=index,
-    )
-    if output.finished:
-        chunk.final = True
-        chunk.prompt_tokens = len(output.prompt_token_ids)
-        chunk.completion_tokens = completion.num_tokens
-        chunk.cached_tokens = output.num_cached_tokens
-        if completion.finish_reason == "error":
-            chunk.error_code, chunk.error = Status.UNAVAILABLE, REPLICA_FAILED
-    return chunk
-
-
-def _log_failure(request: ServeRequest, output: RequestOutput) -> None:
-    if output.finished and output.outputs[0].finish_reason == "error":
-        logger.error("request %s (client id %r) failed: %s", request.request_id,
-                     request.client_request_id, output.error)
-
-
-class _Choices:
-    """The usage of a request's choices, so that only its last chunk says the request is
-    done, with every choice's tokens and the prompt once (the first choice's cache hit)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        # Per finished choice: its (prompt, completion, cached) token counts.
-        self.finished: dict[int, tuple[int, int, int]] = {}
-
-    def mark(self, chunk: ServeChunk) -> ServeChunk:
-        if self.n == 1 or not chunk.final:
-            return chunk
-        if chunk.error_code is not None:
-            return chunk  # one failed choice fails the request
-        self.finished[chunk.index] = (chunk.prompt_tokens, chunk.completion_tokens,
-                                      chunk.cached_tokens)
-        if len(self.finished) < self.n:
-            chunk.final = False
-            chunk.prompt_tokens = chunk.completion_tokens = chunk.cached_tokens = 0
-            return chunk
-        chunk.prompt_tokens, _, chunk.cached_tokens = self.finished[0]
-        chunk.completion_tokens = sum(counts[1] for counts in self.finished.values())
-        return chunk
-
-
-class _Timing:
-    """Latency of one request, from the outputs it streamed (a clock read per output, the
-    sums once at the end)."""
-
-    __slots__ = ("start", "first", "last", "output", "failed")
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.first: float | None = None
-        self.last = start
-        self.output: RequestOutput | None = None
-        self.failed = False  # answered with an error chunk
-
-    def saw(self, output: RequestOutput) -> None:
-        self.output = output
-        if output.outputs[0].delta_token_ids:
-            self.last = time.perf_counter()
-            if self.first is None:
-                self.first = self.last
-
-    def record(self) -> RequestRecord:
-        output = self.output
-        if output is not None and output.finished:
-            reason = output.outputs[0].finish_reason or "stop"
-        else:  # refused (bad input, full queue), failed, or the caller left early
-            reason = "error" if self.failed else "abort"
-        if output is None:
-            return RequestRecord(reason)
-        generated = output.outputs[0].num_tokens
-        ttft = None if self.first is None else self.first - self.start
-        tpot = (self.last - self.first) / (generated - 1) \
-            if self.first is not None and generated > 1 else None
-        return RequestRecord(reason, len(output.prompt_token_ids), generated,
-                             output.num_cached_tokens or 0, ttft, tpot)
 
 
 @serve.deployment(name="LLMServer")
@@ -189,7 +100,7 @@ class LLMServer:
         With the request's output channel open here, the chunks go there instead and this
         call ends, with nothing, once the final one is sent (serve/output_channel.py)."""
         self._ensure_resync()
-        timing = _Timing(time.perf_counter())
+        timing = RequestTiming(time.perf_counter())
         channel = self.channels.get(request.channel_id) if request.channel_id else None
         if channel is not None and channel.closed:  # closing: the call carries the chunks
             channel = None
@@ -199,12 +110,12 @@ class LLMServer:
             if channel is not None:
                 await self._on_channel(request, channel, timing)
                 return
-            choices = _Choices(request.params.n)
+            choices = ChoiceUsage(request.params.n)
             async for index, output in self._outputs(request):
                 if index == 0:
                     timing.saw(output)
-                _log_failure(request, output)
-                chunk = choices.mark(_chunk(output, request.echo_id, self.replica_id, index))
+                log_failure(request, output)
+                chunk = choices.mark(output_chunk(output, request.echo_id, self.replica_id, index))
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
@@ -220,11 +131,11 @@ class LLMServer:
                 self.metrics.record_request(timing.record())
 
     async def _on_channel(self, request: ServeRequest, channel: OutputChannel,
-                          timing: _Timing) -> None:
+                          timing: RequestTiming) -> None:
         """Run the request with its chunks put on ``channel`` straight from the engine's
         hand-off (no coroutine per request per step); return once the final one is sent."""
         n = request.params.n
-        choices = _Choices(n)
+        choices = ChoiceUsage(n)
         ids = [choice_request_id(request.request_id, i, n) for i in range(n)]
         # The number of the batch with the request's last chunk, or why it ended early.
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -239,8 +150,8 @@ class LLMServer:
                 return
             if index == 0:
                 timing.saw(item)
-            _log_failure(request, item)
-            chunk = choices.mark(_chunk(item, request.echo_id, self.replica_id, index))
+            log_failure(request, item)
+            chunk = choices.mark(output_chunk(item, request.echo_id, self.replica_id, index))
             try:
                 batch = channel.put(request.request_id, chunk)
             except ChannelClosedError as exc:
