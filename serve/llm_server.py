@@ -112,10 +112,7 @@ class LLMServer:
                 return
             choices = ChoiceUsage(request.params.n)
             async for index, output in self._outputs(request):
-                if index == 0:
-                    timing.saw(output)
-                log_failure(request, output)
-                chunk = choices.mark(output_chunk(output, request.echo_id, self.replica_id, index))
+                chunk = self._chunk_of(request, timing, choices, index, output)
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
@@ -148,10 +145,7 @@ class LLMServer:
             if isinstance(item, BaseException):
                 done.set_exception(item)
                 return
-            if index == 0:
-                timing.saw(item)
-            log_failure(request, item)
-            chunk = choices.mark(output_chunk(item, request.echo_id, self.replica_id, index))
+            chunk = self._chunk_of(request, timing, choices, index, item)
             try:
                 batch = channel.put(request.request_id, chunk)
             except ChannelClosedError as exc:
@@ -176,6 +170,15 @@ class LLMServer:
                 for choice_id in ids:
                     with contextlib.suppress(EngineDeadError):
                         self.engine.abort(choice_id)
+
+    def _chunk_of(self, request: ServeRequest, timing: RequestTiming, choices: ChoiceUsage,
+                  index: int, output: RequestOutput) -> ServeChunk:
+        """Choice ``index``'s engine output as the chunk to send (its timing noted, a
+        failure logged)."""
+        if index == 0:
+            timing.saw(output)
+        log_failure(request, output)
+        return choices.mark(output_chunk(output, request.echo_id, self.replica_id, index))
 
     def _error_for(self, request: ServeRequest, exc: Exception) -> ServeChunk:
         """The final chunk that reports ``exc`` to the client."""
