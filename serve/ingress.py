@@ -62,8 +62,7 @@ class Ingress:
         self.max_new_tokens = limits.max_new_tokens
         self.max_message_bytes = limits.max_message_bytes
         self.pacer = StreamPacer(settings.stream_items_per_s)
-        # Made on the first stream, inside the replica's event loop.
-        self._channels: IngressChannels | None = None
+        self.channels = IngressChannels(self.llm) if settings.output_channels else None
 
     def __serve_build_asgi_app__(self) -> Any:
         from serve.openai.app import build_openai_app
@@ -117,11 +116,9 @@ class Ingress:
 
     async def output_channel_stats(self) -> dict[str, Any]:
         """What this replica's output channels carried so far (operators' tools, tests)."""
-        channels = self._channels
-        if channels is None:
+        if self.channels is None:
             return {"open_replicas": [], "num_batches": 0, "num_chunks": 0}
-        return {"open_replicas": sorted(channels.open_replicas),
-                "num_batches": channels.num_batches, "num_chunks": channels.num_chunks}
+        return self.channels.stats()
 
     # ---- shared -----------------------------------------------------------------------------
 
@@ -229,11 +226,9 @@ class Ingress:
     def open_stream(self, serve_request: ServeRequest) -> CoalescingStream:
         """The LLMServer's chunks for the request, paced and coalesced
         (serve/chunk_stream.py), from its call or this Ingress's output channel."""
-        if not self.settings.output_channels:
+        channels = self.channels
+        if channels is None:
             return CoalescingStream(self.llm.generate.remote(serve_request), self.pacer)
-        if self._channels is None:
-            self._channels = IngressChannels(self.llm)
-        channels = self._channels
         request_id = serve_request.request_id
         serve_request.channel_id = channels.channel_id
 

@@ -47,9 +47,10 @@ class IngressChannels:
         self.num_batches = 0
         self.num_chunks = 0
 
-    @property
-    def open_replicas(self) -> set[str]:
-        return set(self._open)
+    def stats(self) -> dict[str, object]:
+        """Replicas with an open channel, and what the channels carried so far."""
+        return {"open_replicas": sorted(self._open), "num_batches": self.num_batches,
+                "num_chunks": self.num_chunks}
 
     def register(self, request_id: str, stream: CoalescingStream) -> None:
         self._streams[request_id] = stream
