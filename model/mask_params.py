@@ -24,7 +24,7 @@ def normalize_masks(params: SamplingParams) -> None:
     if params.logit_bias is not None:
         params.logit_bias = _logit_bias(params.logit_bias) or None
     if params.allowed_token_ids is not None:
-        ids = _token_ids("allowed_token_ids", params.allowed_token_ids)
+        ids = token_id_list("allowed_token_ids", params.allowed_token_ids)
         if not ids:
             raise ValueError("allowed_token_ids must not be empty: leave it out to allow "
                              "every token")
@@ -36,7 +36,7 @@ def normalize_masks(params: SamplingParams) -> None:
         if not isinstance(sequences, (list, tuple)):
             raise ValueError(f"bad_words_token_ids must be a list of token id lists, got "
                              f"{sequences!r}")
-        params.bad_words_token_ids = [_token_ids("bad_words_token_ids", s) for s in sequences
+        params.bad_words_token_ids = [token_id_list("bad_words_token_ids", s) for s in sequences
                                       if s] or None
     if params.structured_outputs is not None:
         params.structured_outputs = StructuredOutputsParams.of(params.structured_outputs)
@@ -67,12 +67,13 @@ def _logit_bias(bias: Any) -> dict[int, float]:
     return result
 
 
-def _token_ids(name: str, ids: Any) -> list[int]:
+def token_id_list(name: str, ids: Any) -> list[int]:
+    """``ids`` as a list of token ids (ints >= 0), or a ValueError naming ``name``."""
     if not isinstance(ids, (list, tuple)):
-        raise ValueError(f"{name} must be a list of token ids, got {ids!r}")
+        raise ValueError(f"{name} must be a list of ints, got {ids!r}")
     for token_id in ids:
         if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-            raise ValueError(f"{name} must contain token ids (ints >= 0), got {token_id!r}")
+            raise ValueError(f"{name} must contain ints >= 0, got {token_id!r}")
     return list(ids)
 
 

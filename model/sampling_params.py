@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from model.mask_params import normalize_masks
+from model.mask_params import normalize_masks, token_id_list
 from model.structured_output import StructuredOutputsParams
 
 # vLLM treats temperatures this small as greedy: dividing logits by them overflows float32.
@@ -176,11 +176,4 @@ def _normalize_stop(stop: list[str] | str | None) -> list[str]:
 
 
 def _normalize_stop_token_ids(ids: list[int] | None) -> list[int]:
-    if ids is None:
-        return []
-    if not isinstance(ids, (list, tuple)):
-        raise ValueError(f"stop_token_ids must be a list of ints, got {ids!r}")
-    for token_id in ids:
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-            raise ValueError(f"stop_token_ids must contain ints >= 0, got {token_id!r}")
-    return list(ids)
+    return [] if ids is None else token_id_list("stop_token_ids", ids)
