@@ -3,7 +3,6 @@ tokenizer and a byte-level BPE, with split characters, byte fallback and special
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from model.detokenizer import DecodeCache
 from model.tokenizer import HFTokenizer, MistralV1Tokenizer, load_tokenizer
-from tests.model.tokenizer_cases import STREAM_TEXTS, random_ids, stream_pieces
+from tests.model.tokenizer_cases import STREAM_TEXTS, check_random_streams, stream_pieces
 
 
 def test_detokenizer_holds_split_characters(mistral: MistralV1Tokenizer) -> None:
@@ -43,12 +42,8 @@ def test_byte_fallback_text_really_uses_byte_tokens(mistral: MistralV1Tokenizer)
 
 
 def test_mistral_random_streams_equal_decode(mistral: MistralV1Tokenizer) -> None:
-    rng = random.Random(1234)
     byte_ids = [i for i in range(mistral.vocab_size) if mistral.sp.IsByte(i)]
-    for _ in range(300):
-        ids = random_ids(rng, mistral, byte_ids)
-        for skip in (True, False):
-            assert "".join(stream_pieces(mistral, ids, skip)) == mistral.decode(ids, skip), ids
+    check_random_streams(mistral, byte_ids, seed=1234, rounds=300)
 
 
 def test_flush_emits_an_unfinished_character(mistral: MistralV1Tokenizer) -> None:
@@ -117,14 +112,10 @@ def test_hf_byte_level_stream_equals_decode(hf_dir: Path) -> None:
 def test_hf_byte_level_random_streams_equal_decode(hf_dir: Path) -> None:
     tokenizer = load_tokenizer(hf_dir)
     assert isinstance(tokenizer, HFTokenizer)
-    rng = random.Random(99)
     # Tokens that are a stray byte of a multi-byte character (they decode to U+FFFD alone).
     byte_ids = [i for i in range(tokenizer.vocab_size) if "\ufffd" in tokenizer.decode([i])]
     assert len(byte_ids) >= 64
-    for _ in range(300):
-        ids = random_ids(rng, tokenizer, byte_ids)
-        for skip in (True, False):
-            assert "".join(stream_pieces(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
+    check_random_streams(tokenizer, byte_ids, seed=99, rounds=300)
 
 
 def test_appended_texts_are_what_sentencepiece_decodes(mistral: MistralV1Tokenizer) -> None:

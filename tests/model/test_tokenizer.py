@@ -5,7 +5,6 @@ test_detokenizer.py; the shared texts and fixtures in tokenizer_cases.py and con
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from tests.model.tokenizer_cases import (
     CHATML_TEMPLATE,
     CHATS,
     STREAM_TEXTS,
-    random_ids,
+    check_random_streams,
     stream_pieces,
 )
 
@@ -245,12 +244,8 @@ def test_hf_mistral_tokenizer_json(hf_mistral_dir: Path, mistral: MistralV1Token
     with pytest.raises(ValueError, match="Conversation roles must alternate"):
         tokenizer.apply_chat_template([{"role": "user", "content": "u"}] * 3)
 
-    rng = random.Random(7)
     byte_ids = [i for i in range(mistral.vocab_size) if mistral.sp.IsByte(i)]
-    for _ in range(200):
-        ids = random_ids(rng, tokenizer, byte_ids)
-        for skip in (True, False):
-            assert "".join(stream_pieces(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
+    check_random_streams(tokenizer, byte_ids, seed=7, rounds=200)
 
 
 @pytest.mark.slow

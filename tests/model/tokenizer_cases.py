@@ -139,3 +139,14 @@ def random_ids(rng: random.Random, tokenizer: Tokenizer, byte_ids: Sequence[int]
         else:
             ids.append(rng.randrange(tokenizer.vocab_size))
     return ids
+
+
+def check_random_streams(tokenizer: Tokenizer, byte_ids: Sequence[int], seed: int,
+                         rounds: int) -> None:
+    """``rounds`` random streams (``random_ids``) detokenize, piece by piece, to exactly
+    what ``decode`` makes of them, with and without special tokens."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        ids = random_ids(rng, tokenizer, byte_ids)
+        for skip in (True, False):
+            assert "".join(stream_pieces(tokenizer, ids, skip)) == tokenizer.decode(ids, skip), ids
