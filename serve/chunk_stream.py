@@ -9,7 +9,9 @@ Reads are paced by the Ingress's item budget (serve/stream_pacing.py): after a c
 next read waits until the stream's share of the budget has passed, so under load each
 item carries several tokens (every item costs a Serve hop to the proxy and a message), and
 a lone stream, or a few, still gets each token at once. The first read never waits, and
-neither does one with the request's last chunk or an error waiting.
+neither does one with the request's last chunk or an error waiting; one that is waiting
+when they come ends its wait (with hundreds of streams the gap is most of a second, which
+every request's end would otherwise add to its latency).
 
 An error chunk, or a failure of the call, is never merged with output before it: that output
 is returned first, and the error on the next read. The stream ends after the request's
@@ -42,6 +44,17 @@ class _End:
         self.error = error
 
 
+def _ends_pacing(item: ServeChunk | _End) -> bool:
+    """Whether ``item`` goes out without waiting for the stream's turn: the request's end,
+    an error, or the end of its call."""
+    return isinstance(item, _End) or item.final or item.error_code is not None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class CoalescingStream:
     def __init__(self, stream: Any, pacer: StreamPacer | None = None,
                  on_call_chunk: Callable[[ServeChunk], None] | None = None,
@@ -60,6 +73,8 @@ class CoalescingStream:
         self._done = False  # the final chunk was returned
         self._call_ended = False  # the call ended cleanly
         self._closed = False
+        # Set while a read waits out its pacing gap; resolved early by an end or an error.
+        self._pacing: asyncio.Future[None] | None = None
         if pacer is not None:
             pacer.live += 1
         self._task = asyncio.get_running_loop().create_task(self._pump())
@@ -69,18 +84,24 @@ class CoalescingStream:
             async for chunk in self._stream:
                 if self._on_call_chunk is not None:
                     self._on_call_chunk(chunk)
-                self._queue.put_nowait(chunk)
+                self._put(chunk)
         except asyncio.CancelledError:
-            self._queue.put_nowait(_End(asyncio.CancelledError()))
+            self._put(_End(asyncio.CancelledError()))
             raise
         except Exception as exc:  # the call failed: the reader raises it
-            self._queue.put_nowait(_End(exc))
+            self._put(_End(exc))
         else:
-            self._queue.put_nowait(_End())
+            self._put(_End())
 
     def push(self, chunk: ServeChunk) -> None:
         """A chunk of this request from the output channel."""
-        self._queue.put_nowait(chunk)
+        self._put(chunk)
+
+    def _put(self, item: ServeChunk | _End) -> None:
+        self._queue.put_nowait(item)
+        pacing = self._pacing
+        if pacing is not None and not pacing.done() and _ends_pacing(item):
+            pacing.set_result(None)
 
     def __aiter__(self) -> CoalescingStream:
         return self
@@ -96,6 +117,7 @@ class CoalescingStream:
         if self._done:
             raise StopAsyncIteration
         await self._pace()
+        self._drain()  # what came during the wait goes in this read
         while not self._ready:
             if self._call_ended:
                 # The call ended cleanly before the final chunk: it travels on the channel.
@@ -145,10 +167,20 @@ class CoalescingStream:
         if self._pacer is None or self._last_read is None:
             return
         self._drain()
-        if self._call_ended or any(isinstance(item, _End) or item.final
-                                   or item.error_code is not None for item in self._ready):
+        if self._call_ended or any(_ends_pacing(item) for item in self._ready):
             return
-        await self._pacer.after_item(self._last_read)
+        wait = self._pacer.wait_s(self._last_read)
+        if not wait:
+            return
+        # asyncio.sleep's own timer and future, kept so that ``_put`` can end it early.
+        loop = asyncio.get_running_loop()
+        self._pacing = pacing = loop.create_future()
+        timer = loop.call_later(wait, _resolve, pacing)
+        try:
+            await pacing
+        finally:
+            timer.cancel()
+            self._pacing = None
 
     def _close(self) -> None:
         if self._closed:

@@ -30,8 +30,14 @@ class StreamPacer:
         """The time one stream leaves between two of its items now."""
         return self.live / self.items_per_s
 
-    async def after_item(self, sent_at: float) -> None:
-        """Wait out the stream's gap since its item at ``sent_at`` (``time.monotonic``)."""
+    def wait_s(self, sent_at: float) -> float:
+        """How long the stream whose previous item went at ``sent_at`` (``time.monotonic``)
+        waits before its next one; 0 for no wait."""
         wait = sent_at + self.gap_s() - time.monotonic()
-        if wait >= _MIN_WAIT_S:
+        return wait if wait >= _MIN_WAIT_S else 0.0
+
+    async def after_item(self, sent_at: float) -> None:
+        """Wait out the stream's gap since its item at ``sent_at``."""
+        wait = self.wait_s(sent_at)
+        if wait:
             await asyncio.sleep(wait)
