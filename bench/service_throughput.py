@@ -5,6 +5,7 @@ Offline: ``LLM.generate`` with every request submitted at once. Service: ``mistr
 app on a local Ray (1 LLMServer replica, 1 Ingress), the same requests as concurrent
 streams over gRPC (the asyncio SDK) and over HTTP (OpenAI's streaming completions API).
 Prints one JSON line per path: output tok/s, TTFT p50/p99, inter-token latency p50/p99,
+end-to-end latency p50/p99 (from sending a request to the end of its stream),
 the ratio of each service path to offline, and each service process's CPU seconds (with
 how long its busiest thread, the engine's step thread in the LLMServer, waited for a
 core). Default: 256 streams, 128-token prompts, 64 new tokens, a tiny random Mistral (2
@@ -42,6 +43,7 @@ REPLICA_THREADS = 1
 def latency_figures(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
     tokens = sum(o.tokens for o in outcomes)
     ttft = [o.ttft_s for o in outcomes if o.ttft_s is not None]
+    e2e = [o.ended - o.started for o in outcomes if o.status == "ok"]
     gaps = [b - a for o in outcomes
             for a, b in zip(o.token_times, o.token_times[1:], strict=False)]
 
@@ -51,7 +53,8 @@ def latency_figures(outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
     return {"tok_per_s": round(tokens / seconds, 1), "tokens": tokens,
             "seconds": round(seconds, 3), "failed": sum(o.status != "ok" for o in outcomes),
             "ttft_p50_ms": ms(percentile(ttft, 0.5)), "ttft_p99_ms": ms(percentile(ttft, 0.99)),
-            "itl_p50_ms": ms(percentile(gaps, 0.5)), "itl_p99_ms": ms(percentile(gaps, 0.99))}
+            "itl_p50_ms": ms(percentile(gaps, 0.5)), "itl_p99_ms": ms(percentile(gaps, 0.99)),
+            "e2e_p50_ms": ms(percentile(e2e, 0.5)), "e2e_p99_ms": ms(percentile(e2e, 0.99))}
 
 
 def offline(model: str, prompts: list[list[int]], args: argparse.Namespace,
@@ -73,6 +76,7 @@ def offline(model: str, prompts: list[list[int]], args: argparse.Namespace,
         for i, prompt in enumerate(prompts):
             engine.add_request(f"bench-{i}", prompt, params)
         first: dict[str, float] = {}
+        ended: list[float] = []
         tokens = 0
         while engine.has_unfinished_requests():
             for output in engine.step():
@@ -80,12 +84,18 @@ def offline(model: str, prompts: list[list[int]], args: argparse.Namespace,
                 tokens += new
                 if new and output.request_id not in first:
                     first[output.request_id] = time.perf_counter() - start
+                if output.finished:
+                    ended.append(time.perf_counter() - start)
         seconds = time.perf_counter() - start
     ttft = list(first.values())
+
+    def ms(values: list[float], q: float) -> float:
+        return round(1e3 * (percentile(values, q) or 0.0), 2)
+
     return {"tok_per_s": round(tokens / seconds, 1), "tokens": tokens,
             "seconds": round(seconds, 3), "torch_threads": threads,
-            "ttft_p50_ms": round(1e3 * (percentile(ttft, 0.5) or 0.0), 2),
-            "ttft_p99_ms": round(1e3 * (percentile(ttft, 0.99) or 0.0), 2)}
+            "ttft_p50_ms": ms(ttft, 0.5), "ttft_p99_ms": ms(ttft, 0.99),
+            "e2e_p50_ms": ms(ended, 0.5), "e2e_p99_ms": ms(ended, 0.99)}
 
 
 async def http_stream(session: Any, url: str, prompt: list[int], max_tokens: int) -> Outcome:
