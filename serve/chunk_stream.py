@@ -29,7 +29,7 @@ from typing import Any
 
 from serve.errors import StreamLostError
 from serve.protocol import ServeChunk, merge_chunks
-from serve.stream_pacing import StreamPacer
+from serve.stream_pacing import StreamPacer, end_wait
 
 # How long a stream whose call ended waits for its final chunk from the channel.
 CHANNEL_END_GRACE_S = 5.0
@@ -48,11 +48,6 @@ def _ends_pacing(item: ServeChunk | _End) -> bool:
     """Whether ``item`` goes out without waiting for the stream's turn: the request's end,
     an error, or the end of its call."""
     return isinstance(item, _End) or item.final or item.error_code is not None
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class CoalescingStream:
@@ -99,9 +94,8 @@ class CoalescingStream:
 
     def _put(self, item: ServeChunk | _End) -> None:
         self._queue.put_nowait(item)
-        pacing = self._pacing
-        if pacing is not None and not pacing.done() and _ends_pacing(item):
-            pacing.set_result(None)
+        if _ends_pacing(item):
+            end_wait(self._pacing)
 
     def __aiter__(self) -> CoalescingStream:
         return self
@@ -169,17 +163,13 @@ class CoalescingStream:
         self._drain()
         if self._call_ended or any(_ends_pacing(item) for item in self._ready):
             return
-        wait = self._pacer.wait_s(self._last_read)
-        if not wait:
+        # Kept so that ``_put`` can end the wait when the end or an error comes.
+        self._pacing = self._pacer.turn(self._last_read)
+        if self._pacing is None:
             return
-        # asyncio.sleep's own timer and future, kept so that ``_put`` can end it early.
-        loop = asyncio.get_running_loop()
-        self._pacing = pacing = loop.create_future()
-        timer = loop.call_later(wait, _resolve, pacing)
         try:
-            await pacing
+            await self._pacing
         finally:
-            timer.cancel()
             self._pacing = None
 
     def _close(self) -> None:

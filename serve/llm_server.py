@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -26,7 +26,7 @@ from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
 from serve.server_outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
 from serve.stream_interleave import interleave
-from serve.stream_pacing import StreamPacer
+from serve.stream_pacing import StreamPacer, end_wait
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,26 @@ class LLMServer:
                 await self._on_channel(request, channel, timing)
                 return
             choices = ChoiceUsage(request.params.n)
-            async for index, output in self._outputs(request):
+            # The pause between items, and whether a choice's end (or an error) has come:
+            # those go out without waiting their turn (so, after one, the rest do too).
+            turn: asyncio.Future[None] | None = None
+            ended = False
+
+            def on_end() -> None:
+                nonlocal ended
+                ended = True
+                end_wait(turn)
+
+            async for index, output in self._outputs(request, on_end):
                 chunk = self._chunk_of(request, timing, choices, index, output)
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
-                if not chunk.final:
-                    await pacer.after_item(time.monotonic())
+                if not chunk.final and not ended:
+                    turn = pacer.turn(time.monotonic())
+                    if turn is not None:
+                        await turn
+                    turn = None
         except Exception as exc:
             timing.failed = True
             yield self._error_for(request, exc)
@@ -215,13 +228,15 @@ class LLMServer:
         return ServeChunk(request.echo_id, finish_reason="error", error_code=status,
                           error=message, replica_id=self.replica_id, final=True)
 
-    def _outputs(self, request: ServeRequest) -> AsyncIterator[tuple[int, RequestOutput]]:
+    def _outputs(self, request: ServeRequest, on_end: Callable[[], None]
+                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """The engine's outputs with their choice index; several choices run as engine
-        requests of their own over the same prompt (serve/engine/choices.py)."""
+        requests of their own over the same prompt (serve/engine/choices.py). ``on_end``:
+        a choice's last output, or its error, arrived."""
         n = request.params.n
         streams = [self.engine.generate(request.prompt_token_ids, choice_params(request.params, i),
                                         choice_request_id(request.request_id, i, n),
-                                        request.cache_salt)
+                                        request.cache_salt, on_end)
                    for i in range(n)]
         return interleave(streams)
 

@@ -8,7 +8,8 @@ budget of items per second across its live streams: after an item, a stream wait
 meanwhile goes out together (``CoalescingStream`` in the Ingress, ``AsyncLLMEngine.generate``
 in the LLMServer). A lone stream, or a few, waits well under a millisecond, so each token
 goes out as it is made; hundreds share the budget, several tokens per item. The first item
-of a stream never waits.
+of a stream never waits, and neither does a request's end or an error: a stream waiting its
+turn when one arrives ends the wait (``end_wait``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,21 @@ class StreamPacer:
         wait = sent_at + self.gap_s() - time.monotonic()
         return wait if wait >= _MIN_WAIT_S else 0.0
 
-    async def after_item(self, sent_at: float) -> None:
-        """Wait out the stream's gap since its item at ``sent_at``."""
+    def turn(self, sent_at: float) -> asyncio.Future[None] | None:
+        """A future that resolves when the stream's next item may go, or None when it may
+        go now. The stream ends the wait sooner (``end_wait``) when what arrived must not
+        wait its turn: the request's end or an error."""
         wait = self.wait_s(sent_at)
-        if wait:
-            await asyncio.sleep(wait)
+        if not wait:
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(wait, end_wait, future)
+        future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+
+def end_wait(turn: asyncio.Future[None] | None) -> None:
+    """End a wait from ``StreamPacer.turn`` now (nothing if it is over, or None)."""
+    if turn is not None and not turn.done():
+        turn.set_result(None)
