@@ -29,7 +29,7 @@ from typing import Any
 
 from serve.errors import StreamLostError
 from serve.protocol import ServeChunk, merge_chunks
-from serve.stream_pacing import StreamPacer, end_wait
+from serve.stream_pacing import StreamPacer, StreamPause
 
 # How long a stream whose call ended waits for its final chunk from the channel.
 CHANNEL_END_GRACE_S = 5.0
@@ -68,8 +68,7 @@ class CoalescingStream:
         self._done = False  # the final chunk was returned
         self._call_ended = False  # the call ended cleanly
         self._closed = False
-        # Set while a read waits out its pacing gap; resolved early by an end or an error.
-        self._pacing: asyncio.Future[None] | None = None
+        self._pause = StreamPause(pacer) if pacer is not None else None
         if pacer is not None:
             pacer.live += 1
         self._task = asyncio.get_running_loop().create_task(self._pump())
@@ -94,8 +93,8 @@ class CoalescingStream:
 
     def _put(self, item: ServeChunk | _End) -> None:
         self._queue.put_nowait(item)
-        if _ends_pacing(item):
-            end_wait(self._pacing)
+        if self._pause is not None and _ends_pacing(item):
+            self._pause.end()
 
     def __aiter__(self) -> CoalescingStream:
         return self
@@ -157,20 +156,9 @@ class CoalescingStream:
 
     async def _pace(self) -> None:
         """Wait out this stream's share of the item budget since its previous chunk, unless
-        the request's end or an error is already waiting."""
-        if self._pacer is None or self._last_read is None:
-            return
-        self._drain()
-        if self._call_ended or any(_ends_pacing(item) for item in self._ready):
-            return
-        # Kept so that ``_put`` can end the wait when the end or an error comes.
-        self._pacing = self._pacer.turn(self._last_read)
-        if self._pacing is None:
-            return
-        try:
-            await self._pacing
-        finally:
-            self._pacing = None
+        the request's end or an error has come (``_put`` ends the pause then)."""
+        if self._pause is not None and self._last_read is not None:
+            await self._pause.after(self._last_read)
 
     def _close(self) -> None:
         if self._closed:

@@ -26,7 +26,7 @@ from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
 from serve.server_outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
 from serve.stream_interleave import interleave
-from serve.stream_pacing import StreamPacer, end_wait
+from serve.stream_pacing import StreamPacer, StreamPause
 
 logger = logging.getLogger(__name__)
 
@@ -111,26 +111,16 @@ class LLMServer:
                 await self._on_channel(request, channel, timing)
                 return
             choices = ChoiceUsage(request.params.n)
-            # The pause between items, and whether a choice's end (or an error) has come:
-            # those go out without waiting their turn (so, after one, the rest do too).
-            turn: asyncio.Future[None] | None = None
-            ended = False
-
-            def on_end() -> None:
-                nonlocal ended
-                ended = True
-                end_wait(turn)
-
-            async for index, output in self._outputs(request, on_end):
+            # A choice's end (or an error) goes out without waiting its turn; after one,
+            # the rest of the request does too.
+            pause = StreamPause(pacer)
+            async for index, output in self._outputs(request, pause.end):
                 chunk = self._chunk_of(request, timing, choices, index, output)
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
-                if not chunk.final and not ended:
-                    turn = pacer.turn(time.monotonic())
-                    if turn is not None:
-                        await turn
-                    turn = None
+                if not chunk.final:
+                    await pause.after(time.monotonic())
         except Exception as exc:
             timing.failed = True
             yield self._error_for(request, exc)

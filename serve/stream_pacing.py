@@ -9,7 +9,7 @@ meanwhile goes out together (``CoalescingStream`` in the Ingress, ``AsyncLLMEngi
 in the LLMServer). A lone stream, or a few, waits well under a millisecond, so each token
 goes out as it is made; hundreds share the budget, several tokens per item. The first item
 of a stream never waits, and neither does a request's end or an error: a stream waiting its
-turn when one arrives ends the wait (``end_wait``).
+turn when one arrives ends the wait (``StreamPause``).
 """
 
 from __future__ import annotations
@@ -37,21 +37,40 @@ class StreamPacer:
         wait = sent_at + self.gap_s() - time.monotonic()
         return wait if wait >= _MIN_WAIT_S else 0.0
 
-    def turn(self, sent_at: float) -> asyncio.Future[None] | None:
-        """A future that resolves when the stream's next item may go, or None when it may
-        go now. The stream ends the wait sooner (``end_wait``) when what arrived must not
-        wait its turn: the request's end or an error."""
-        wait = self.wait_s(sent_at)
+
+class StreamPause:
+    """One stream's pause between its items: ``after(sent_at)`` waits out the stream's turn
+    since its item at ``sent_at``; ``end()``, called when the request's end or an error
+    arrives, ends a wait under way and lets every later item of the stream go at once."""
+
+    __slots__ = ("_pacer", "_turn", "ended")
+
+    def __init__(self, pacer: StreamPacer) -> None:
+        self._pacer = pacer
+        self._turn: asyncio.Future[None] | None = None
+        self.ended = False
+
+    def end(self) -> None:
+        self.ended = True
+        _resolve(self._turn)
+
+    async def after(self, sent_at: float) -> None:
+        if self.ended:
+            return
+        wait = self._pacer.wait_s(sent_at)
         if not wait:
-            return None
+            return
+        # asyncio.sleep's own timer and future, kept so that ``end`` can cut the wait short.
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(wait, end_wait, future)
-        future.add_done_callback(lambda _: timer.cancel())
-        return future
+        self._turn = turn = loop.create_future()
+        timer = loop.call_later(wait, _resolve, turn)
+        try:
+            await turn
+        finally:
+            timer.cancel()
+            self._turn = None
 
 
-def end_wait(turn: asyncio.Future[None] | None) -> None:
-    """End a wait from ``StreamPacer.turn`` now (nothing if it is over, or None)."""
+def _resolve(turn: asyncio.Future[None] | None) -> None:
     if turn is not None and not turn.done():
         turn.set_result(None)
