@@ -16,6 +16,7 @@ from model.cuda_graph import CudaGraphOptions
 from model.envs import fault_step_delay_s
 from model.kv_cache import KVCacheSpec, allocate_kv_cache, kv_budget_bytes
 from model.kv_host_tier import HostKVTier
+from model.layers.cpu_linear import pack_cpu_linears
 from model.loader import load_dummy_weights, load_weights
 from model.mistral import MistralForCausalLM
 from model.parallel import SINGLE, ParallelContext
@@ -67,6 +68,9 @@ def build_model(model: str | Path, *, dtype: str | torch.dtype = "auto",
             raise ValueError(f"{model!r} is a preset with no weights; pass a checkpoint "
                              "directory or load_format='dummy'")
         load_weights(network, model, progress=progress)
+    packed = pack_cpu_linears(network)
+    if packed:
+        logger.info("CPU matmuls: %d weights packed for oneDNN", packed)
     return network.eval()
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from model.layers.cpu_linear import PackableLinear
 from model.layers.weight_source import WeightSource, check_shape
 from model.parallel import ParallelContext, split_evenly
 
@@ -34,7 +34,7 @@ class OutputShard:
     size: int
 
 
-class ColumnParallelLinear(nn.Module):
+class ColumnParallelLinear(PackableLinear):
     """``y = x @ W.T`` with W's rows split across ranks; fused sub-matrices split one by one."""
 
     def __init__(self, input_size: int, shards: list[OutputShard], ctx: ParallelContext,
@@ -71,7 +71,7 @@ class ColumnParallelLinear(nn.Module):
         self.weight.data[offset:offset + shard.size].copy_(rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return self.matmul(x)
 
 
 def qkv_shards(head_dim: int, total_num_heads: int, total_num_kv_heads: int,
@@ -97,7 +97,7 @@ def qkv_shards(head_dim: int, total_num_heads: int, total_num_kv_heads: int,
     ]
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(PackableLinear):
     """``y = x @ W.T`` with W's columns split across ranks and one all-reduce of the result."""
 
     def __init__(self, input_size: int, output_size: int, ctx: ParallelContext,
@@ -116,4 +116,4 @@ class RowParallelLinear(nn.Module):
         self.weight.data.copy_(source[:, start:start + self.input_size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ctx.all_reduce(F.linear(x, self.weight))
+        return self.ctx.all_reduce(self.matmul(x))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers.cpu_linear import PackableLinear
 from model.layers.weight_source import WeightSource, check_shape
 from model.parallel import ParallelContext
 
@@ -44,7 +45,7 @@ class VocabParallelEmbedding(nn.Module):
         return self.ctx.all_reduce(embedded)
 
 
-class ParallelLMHead(nn.Module):
+class ParallelLMHead(PackableLinear):
     """Logits over this rank's vocabulary slice, gathered to the full vocabulary."""
 
     def __init__(self, embedding: VocabParallelEmbedding, tied: bool) -> None:
@@ -63,5 +64,5 @@ class ParallelLMHead(nn.Module):
         self.weight.data[:end - start].copy_(source[start:end])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        logits = self.matmul(hidden)
         return self.ctx.all_gather_last_dim(logits)[..., :self.vocab_size]
