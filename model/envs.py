@@ -7,6 +7,7 @@ explicitly and only this file knows the variable names.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 CACHE_DIR_ENV = "MISTRAL_SERVE_CACHE_DIR"
@@ -27,6 +28,11 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "mistral-serve"
+
+
+def c_compiler() -> str | None:
+    """The C compiler for the CPU attention kernel: `$CC`, else `cc` or `gcc` on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def fault_step_delay_s() -> float:

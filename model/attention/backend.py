@@ -31,7 +31,7 @@ class AttentionBackend(Protocol):
         ...
 
 
-BACKEND_NAMES = ("auto", "torch", "triton", "flash_attn")
+BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "flash_attn")
 
 # flash-attn's paged KV cache takes pages of a multiple of 256 tokens.
 FLASH_ATTN_BLOCK_MULTIPLE = 256
@@ -49,7 +49,7 @@ def _installed(module: str) -> bool:
 
 def resolve_backend_name(requested: str, device: torch.device, block_size: int = 16) -> str:
     """``auto``: on CUDA, flash_attn when installed and ``block_size`` suits its paged cache,
-    else triton when installed, else torch; torch on CPU."""
+    else triton when installed, else torch; on CPU, cpu (the paged C kernel)."""
     if requested not in BACKEND_NAMES:
         raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, "
                          f"got {requested!r}")
@@ -74,8 +74,15 @@ def resolve_backend_name(requested: str, device: torch.device, block_size: int =
             raise ValueError("attention_backend 'triton' needs the triton package "
                              "(pip install triton), or use 'torch'")
         return requested
-    if requested == "torch" or device.type != "cuda":
+    if requested == "cpu":
+        if device.type != "cpu":
+            raise ValueError("attention_backend 'cpu' runs on CPU tensors; on CUDA use "
+                             "'auto', 'triton', 'flash_attn' or 'torch'")
+        return requested
+    if requested == "torch":
         return "torch"
+    if device.type != "cuda":
+        return "cpu"
     if _installed("flash_attn") and block_size % FLASH_ATTN_BLOCK_MULTIPLE == 0:
         return "flash_attn"
     if _installed("triton"):
@@ -93,6 +100,10 @@ def create_backend(name: str, device: torch.device, block_size: int = 16) -> Att
         from model.attention.flash_attn_backend import FlashAttnBackend
 
         return FlashAttnBackend()
+    if resolved == "cpu":
+        from model.attention.cpu_backend import CpuAttentionBackend
+
+        return CpuAttentionBackend()
     from model.attention.torch_backend import TorchAttentionBackend
 
     return TorchAttentionBackend()

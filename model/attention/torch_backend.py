@@ -95,6 +95,11 @@ class TorchAttentionBackend:
         )
         out[token_index] = attended.squeeze(2)
 
+    def _context(self, cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+        """[1, length, kv_heads, head_dim]: one sequence's cached context (``table``: its
+        block-table row, [1, max_blocks])."""
+        return gather_context(cache, table, length)
+
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  kv_cache: torch.Tensor, meta: AttentionMetadata, s: int, start: int,
                  out: torch.Tensor, scale: float) -> None:
@@ -111,8 +116,8 @@ class TorchAttentionBackend:
                                                       scale=scale, enable_gqa=True)
         else:
             table = meta.block_tables[s:s + 1]
-            keys = gather_context(kv_cache[0], table, seq_len).transpose(1, 2)
-            values = gather_context(kv_cache[1], table, seq_len).transpose(1, 2)
+            keys = self._context(kv_cache[0], table, seq_len).transpose(1, 2)
+            values = self._context(kv_cache[1], table, seq_len).transpose(1, 2)
             positions = torch.arange(seq_len - num_queries, seq_len, device=q.device)
             mask = context_mask(positions.unsqueeze(0), seq_len, meta.sliding_window)
             attended = F.scaled_dot_product_attention(

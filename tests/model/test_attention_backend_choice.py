@@ -50,15 +50,22 @@ def test_auto_on_cuda(installed: Callable[..., None], packages: tuple[str, ...],
     assert resolve_backend_name("auto", CUDA, block_size) == expected
 
 
-def test_auto_and_torch_on_cpu_are_torch(installed: Callable[..., None]) -> None:
+def test_auto_on_cpu_is_the_paged_kernel_and_torch_stays_torch(
+        installed: Callable[..., None]) -> None:
     installed("flash_attn", "triton")
-    assert resolve_backend_name("auto", CPU, 256) == "torch"
+    assert resolve_backend_name("auto", CPU, 256) == "cpu"
+    assert resolve_backend_name("cpu", CPU, 16) == "cpu"
     assert resolve_backend_name("torch", CPU, 16) == "torch"
     assert resolve_backend_name("torch", CUDA, 256) == "torch"
 
 
+def test_cpu_backend_refuses_cuda() -> None:
+    with pytest.raises(ValueError, match="'cpu' runs on CPU tensors"):
+        resolve_backend_name("cpu", CUDA, 16)
+
+
 def test_unknown_name_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="auto, torch, triton, flash_attn.*'flash'"):
+    with pytest.raises(ValueError, match="auto, torch, cpu, triton, flash_attn.*'flash'"):
         resolve_backend_name("flash", CPU)
 
 

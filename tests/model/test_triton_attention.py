@@ -8,7 +8,6 @@ triton. The interpreter cannot do bf16: those cases are tests/gpu/test_triton_at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,95 +22,25 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 from model.attention import triton_backend as backend_module  # noqa: E402
 from model.attention import triton_decode  # noqa: E402
 from model.attention.metadata import AttentionMetadata  # noqa: E402
-from model.attention.torch_backend import TorchAttentionBackend  # noqa: E402
 from model.attention.triton_backend import TritonAttentionBackend  # noqa: E402
+from tests.model import attention_cases  # noqa: E402
+from tests.model.attention_cases import (  # noqa: E402
+    SCALE,
+    TOLERANCE,
+    Case,
+    device_tensor,
+    make_case,
+    model_logits,
+    reference,
+    relative_error,
+)
 
 if not ON_GPU and not isinstance(triton_decode._decode_kernel, InterpretedFunction):
     pytest.fail("triton (or the kernel modules) was imported before TRITON_INTERPRET=1 was "
                 "set, so the kernels cannot run on the CPU: set it before that import, or "
                 "run this file alone", pytrace=False)
 
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-
-SCALE = 0.17
-# Relative to the largest reference value. fp16 inputs are compared with an fp32 reference
-# computed from the same (rounded) values, so the error is the kernel's own.
-TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
-
-
-def device_tensor(values: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=DEVICE)
-
-
-@dataclass
-class Case:
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    cache: torch.Tensor  # random everywhere: stale or cached K/V, whatever a slot holds
-    query_lens: list[int]
-    seq_lens: list[int]
-    tables: list[list[int]]
-    slots: list[int]
-    block_size: int
-    window: int | None
-
-    def meta(self, **overrides: Any) -> AttentionMetadata:
-        starts = [0]
-        for n in self.query_lens:
-            starts.append(starts[-1] + n)
-        values: dict[str, Any] = dict(
-            query_start_loc=device_tensor(starts, torch.int32),
-            seq_lens=device_tensor(self.seq_lens, torch.int32),
-            block_tables=device_tensor(self.tables, torch.int32),
-            slot_mapping=device_tensor(self.slots, torch.int64),
-            query_lens_host=list(self.query_lens), seq_lens_host=list(self.seq_lens),
-            block_size=self.block_size, sliding_window=self.window,
-        )
-        values.update(overrides)
-        return AttentionMetadata(**values)
-
-
-def make_case(seqs: list[tuple[int, int]], heads: int, kv_heads: int, head_dim: int,
-              block_size: int = 16, dtype: torch.dtype = torch.float32,
-              window: int | None = None, seed: int = 0, spare_columns: int = 1) -> Case:
-    """``seqs``: (tokens already cached, new tokens) per sequence. Blocks are handed out in a
-    shuffled order and the tables carry spare zero columns, like a real block manager's."""
-    gen = torch.Generator().manual_seed(seed)
-    query_lens = [new for _, new in seqs]
-    seq_lens = [cached + new for cached, new in seqs]
-    need = [-(-n // block_size) for n in seq_lens]
-    num_blocks = sum(need) + 3
-    order = torch.randperm(num_blocks, generator=gen).tolist()
-    width = max(need, default=0) + spare_columns
-    tables, slots, used = [], [], 0
-    for (cached, new), n in zip(seqs, need, strict=True):
-        table = order[used:used + n]
-        used += n
-        slots.extend(table[p // block_size] * block_size + p % block_size
-                     for p in range(cached, cached + new))
-        tables.append(table + [0] * (width - n))
-    tokens = sum(query_lens)
-    # q, k and v as views of one fused projection, as the model hands them over (strided).
-    fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=gen)
-    fused = fused.to(DEVICE, dtype)
-    q, k, v = fused.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
-    cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=gen)
-    cache = cache.to(DEVICE, dtype)
-    return Case(q.view(tokens, heads, head_dim), k.view(tokens, kv_heads, head_dim),
-                v.view(tokens, kv_heads, head_dim), cache, query_lens, seq_lens, tables, slots,
-                block_size, window)
-
-
-def reference(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
-    cache = case.cache.float().clone()
-    out = TorchAttentionBackend().forward(case.q.float(), case.k.float(), case.v.float(), cache,
-                                          case.meta(), SCALE)
-    return out, cache
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+DEVICE = attention_cases.DEVICE
 
 
 def check(case: Case, backend: Any = None) -> torch.Tensor:
@@ -266,40 +195,7 @@ def test_backend_supports_static_shapes() -> None:
 
 
 def test_model_logits_match_torch_backend(tiny_checkpoint: Path) -> None:
-    """The tiny checkpoint through both backends: a prefill, a mixed step (a decode beside a
-    second prompt's first chunk), its second chunk, then batched decodes."""
-    from model.factory import build_model
-    from model.kv_cache import KVCacheSpec, allocate_kv_cache
-    from model.runner import build_step_tensors
-    from model.step import ScheduledSequence, StepInput
-
-    gen = torch.Generator().manual_seed(7)
-    prompt_a = torch.randint(3, 32000, (21,), generator=gen).tolist()
-    prompt_b = torch.randint(3, 32000, (30,), generator=gen).tolist()
-    table_a, table_b = [4, 1], [0, 6, 3]
-    steps = [
-        [ScheduledSequence("a", prompt_a, 0, table_a, True)],
-        [ScheduledSequence("a", [11], 21, table_a, True),
-         ScheduledSequence("b", prompt_b[:18], 0, table_b, True)],
-        [ScheduledSequence("a", [12], 22, table_a, True),
-         ScheduledSequence("b", prompt_b[18:], 18, table_b, True)],
-        [ScheduledSequence("a", [13], 23, table_a, True),
-         ScheduledSequence("b", [14], 30, table_b, True)],
-    ]
-    logits = {}
-    for name in ("torch", "triton"):
-        model = build_model(tiny_checkpoint, dtype="float32", device=DEVICE,
-                            attention_backend=name)
-        assert model.layers[0].self_attn.backend.name == name
-        spec = KVCacheSpec.for_model(model.config, model.ctx, 16, torch.float32)
-        caches = allocate_kv_cache(spec, 8, DEVICE)
-        outputs = []
-        for sequences in steps:
-            tensors = build_step_tensors(StepInput(sequences), 16, model.config.sliding_window,
-                                         DEVICE)
-            with torch.inference_mode():
-                hidden = model(tensors.input_ids, tensors.positions, caches, tensors.meta)
-                outputs.append(model.compute_logits(hidden[tensors.logits_indices]))
-        logits[name] = torch.cat(outputs)
-    assert logits["triton"].shape == (7, 32000)
-    assert (logits["triton"] - logits["torch"]).abs().max().item() <= 1e-4
+    expected = model_logits(tiny_checkpoint, "torch", DEVICE)
+    actual = model_logits(tiny_checkpoint, "triton", DEVICE)
+    assert actual.shape == (7, 32000)
+    assert (actual - expected).abs().max().item() <= 1e-4

@@ -43,7 +43,7 @@ def test_misspelt_keys_in_every_section_fail(section: str, values: dict, key: st
 
 @pytest.mark.parametrize(("values", "fragment"), [
     ({"dtype": "fp8"}, "'auto', 'float32', 'float16' or 'bfloat16'"),
-    ({"attention_backend": "xformers"}, "'auto', 'torch', 'triton' or 'flash_attn'"),
+    ({"attention_backend": "xformers"}, "'auto', 'torch', 'cpu', 'triton' or 'flash_attn'"),
     ({"load_format": "pt"}, "'auto', 'safetensors' or 'dummy'"),
     ({"device": "tpu"}, "auto|cpu|cuda"),
     ({"cuda_graphs": "yes"}, "valid boolean"),
