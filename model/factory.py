@@ -92,6 +92,10 @@ def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
     tightest rank can hold (an all-reduce MIN at tp > 1); host block ids too.
     """
     device = device if device is not None else resolve_device(config.device)
+    if device.type == "cpu":
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
+        logger.info("CPU threads: %d", torch.get_num_threads())
     # Unseeded sampling happens on rank 0 only; seeding here makes it the same at every tp.
     torch.manual_seed(config.seed)
     model = build_model(config.model, dtype=config.dtype, device=device, ctx=ctx,

@@ -33,3 +33,5 @@ class RunnerConfig:
     # The tokenizer's path or preset name (None: the model's), loaded by the driver rank on
     # the first request with structured output to build its grammars.
     tokenizer: str | None = None
+    # Threads this rank's torch computes with on a CPU device (None: torch's default).
+    cpu_threads: int | None = None

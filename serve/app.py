@@ -6,6 +6,8 @@ The same ``build`` is the import path of the exported config (``serve.app:build`
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 from ray import serve
@@ -90,6 +92,34 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     return options
 
 
+def replica_cpu_threads(config: ServeConfig, gpu: bool, machine_cpus: int,
+                        num_nodes: int) -> int | None:
+    """Threads each rank of a CPU replica computes with: ``engine.cpu_threads`` when set,
+    else the cores the replica owns. On one machine that is the machine's cores split over
+    every rank the app may run there (a lone replica uses them all, two halve them); on a
+    cluster, the CPUs a rank books, since Ray may pack other replicas beside it. GPU ranks
+    keep torch's default (their host threads only launch kernels).
+
+    Example: 2 cores, 1 replica, tp=1 → 2; ``--replicas 2`` → 1 each; 16 cores, tp=2,
+    ``--max-replicas 2`` → 4 per rank."""
+    if config.engine.cpu_threads is not None or gpu:
+        return config.engine.cpu_threads
+    replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
+    ranks = replicas * config.tensor_parallel_size
+    if num_nodes <= 1:
+        return max(1, machine_cpus // ranks)
+    booked = CPU_REPLICA_CPUS if config.tensor_parallel_size == 1 else 1.0
+    return max(1, math.ceil(booked))
+
+
+def _machine_shape() -> tuple[int, int]:
+    """This machine's usable cores and the Ray cluster's live nodes (1 without Ray)."""
+    import ray
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive")) if ray.is_initialized() else 1
+    return len(os.sched_getaffinity(0)), nodes
+
+
 def ingress_max_ongoing_requests(config: ServeConfig) -> int:
     """Streams per Ingress replica: several times what the LLMServer replicas and the queue
     for them hold. Serve's default of 5 would cap the whole service; a cap just at the
@@ -106,6 +136,7 @@ def build_app(config: ServeConfig) -> Any:
     model = config.resolved_model()
     model_config = ModelConfig.from_pretrained(model)
     engine = config.engine_config(model)
+    engine.cpu_threads = replica_cpu_threads(config, uses_gpus(config), *_machine_shape())
     max_model_len = engine.max_model_len or model_config.max_position_embeddings
     items_per_s = config.stream_items_per_s or (
         GPU_STREAM_ITEMS_PER_S if uses_gpus(config) else CPU_STREAM_ITEMS_PER_S)

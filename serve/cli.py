@@ -35,6 +35,9 @@ def _service_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-host-memory", default=None, metavar="SIZE",
                         help="host memory per tensor-parallel rank for a second KV tier that "
                              "keeps blocks the GPU evicts, e.g. 8GiB (default: none)")
+    parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
+                        help="threads each CPU replica (each tensor-parallel rank) computes "
+                             "with (default: the cores it owns; a lone replica uses them all)")
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +83,14 @@ def serve_config_from(args: argparse.Namespace) -> Any:
         autoscaling=autoscaling, redis_url=args.redis, api_key=args.api_key,
         grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
         accelerator=args.accelerator,
-        engine=None if args.kv_host_memory is None else {"kv_host_memory": args.kv_host_memory})
+        engine=_engine_flags(args))
+
+
+def _engine_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The engine settings given as flags (None: the engine's defaults)."""
+    flags = {"kv_host_memory": args.kv_host_memory, "cpu_threads": args.cpu_threads}
+    given = {key: value for key, value in flags.items() if value is not None}
+    return given or None
 
 
 def cmd_up(args: argparse.Namespace) -> int:

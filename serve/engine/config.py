@@ -118,11 +118,14 @@ class EngineOptions(StrictModel):
     max_num_batched_tokens: int = Field(2048, ge=1)
     max_waiting_requests: int = Field(1024, ge=1)
     enable_prefix_caching: StrictBool = True
-    attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = "auto"
+    attention_backend: Literal["auto", "torch", "cpu", "triton", "flash_attn"] = "auto"
     load_format: Literal["auto", "safetensors", "dummy"] = "auto"
     seed: int = 0
     cuda_graphs: StrictBool = True
     cuda_graph_max_batch_size: int | None = Field(None, ge=1)
+    # Threads each rank computes with on a CPU device; None keeps torch's default (one per
+    # core, or OMP_NUM_THREADS). The service sets it from the cores a replica owns.
+    cpu_threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineOptions:
@@ -164,4 +167,5 @@ class EngineConfig(EngineOptions):
             kv_host_memory=self.kv_host_memory or None,
             max_model_len=self.max_model_len, attention_backend=self.attention_backend,
             load_format=self.load_format, seed=self.seed, cuda_graphs=self.cuda_graphs,
-            cuda_graph_max_batch_size=self.cuda_graph_batch_limit, tokenizer=self.tokenizer)
+            cuda_graph_max_batch_size=self.cuda_graph_batch_limit, tokenizer=self.tokenizer,
+            cpu_threads=self.cpu_threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.app import check_fits, required_resources
+from serve.app import check_fits, replica_cpu_threads, required_resources
 from serve.config import AutoscalingBounds, ServeConfig
 
 
@@ -28,3 +28,23 @@ def test_gpu_replicas_book_one_gpu_per_rank_at_the_autoscaling_maximum() -> None
     assert required_resources(config)["GPU"] == 6
     with pytest.raises(ValueError, match="needs 6 GPU but this Ray cluster has 4"):
         check_fits(config, {"CPU": 64.0, "GPU": 4.0})
+
+
+@pytest.mark.parametrize(("config", "cpus", "nodes", "threads"), [
+    (ServeConfig(accelerator="cpu"), 2, 1, 2),  # a lone replica computes with every core
+    (ServeConfig(replicas=2, accelerator="cpu"), 2, 1, 1),
+    (ServeConfig(tensor_parallel_size=2, accelerator="cpu",
+                 autoscaling=AutoscalingBounds(min_replicas=1, max_replicas=2)), 16, 1, 4),
+    (ServeConfig(replicas=4, accelerator="cpu"), 2, 1, 1),  # never fewer than one
+    (ServeConfig(accelerator="cpu"), 64, 3, 1),  # a cluster: the CPUs a rank books
+    (ServeConfig(accelerator="cpu", engine={"cpu_threads": 3}), 2, 1, 3),  # as set
+])
+def test_cpu_replicas_compute_with_the_cores_they_own(config: ServeConfig, cpus: int,
+                                                      nodes: int, threads: int) -> None:
+    assert replica_cpu_threads(config, False, cpus, nodes) == threads
+
+
+def test_gpu_replicas_keep_torch_threads_unless_set() -> None:
+    assert replica_cpu_threads(ServeConfig(accelerator="gpu"), True, 16, 1) is None
+    config = ServeConfig(accelerator="gpu", engine={"cpu_threads": 2})
+    assert replica_cpu_threads(config, True, 16, 1) == 2
