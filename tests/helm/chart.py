@@ -22,8 +22,11 @@ CI_DIR = CHART_DIR / "ci"
 # KubeRay v1.7.0's RayService CRD, kept in the repository (helm/kuberay/, with its licence).
 CRD_PATH = REPO / "helm" / "kuberay" / "ray.io_rayservices.yaml"
 RELEASE, NAMESPACE = "llm", "inference"
-# The newest Kubernetes that kubernetes-validate ships schemas for.
+# The newest Kubernetes that kubernetes-validate ships schemas for, and the oldest the chart
+# supports (Chart.yaml kubeVersion >=1.25): the tests validate against both.
 KUBE_VERSION = "1.37.0"
+OLDEST_KUBE_VERSION = "1.25.0"
+KUBE_VERSIONS = (OLDEST_KUBE_VERSION, KUBE_VERSION)
 # 45 characters (Helm allows 53): every name KubeRay and the chart derive must still fit.
 LONG_RELEASE = "mistral-serve-production-inference-eu-west-1"
 
@@ -58,9 +61,22 @@ def chart() -> helm.Chart:
     return helm.Chart.load(CHART_DIR)
 
 
-def render_files(values: dict[str, Any] | None = None, release: str = RELEASE) -> dict[str, str]:
-    """Every rendered file, NOTES.txt included, freshly (generated secrets differ each time)."""
-    return chart().render(values or {}, name=release, namespace=NAMESPACE)
+# The tests render offline, as `helm template` does, where the chart refuses to generate
+# secrets unless told the render is a throwaway; test_secrets.py renders without this.
+OFFLINE = {"generateSecretsOffline": True}
+
+
+def offline(values: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` for an offline render that may generate throwaway secrets."""
+    return {**OFFLINE, **(values or {})}
+
+
+def render_files(values: dict[str, Any] | None = None, release: str = RELEASE,
+                 *, strict_offline: bool = False) -> dict[str, str]:
+    """Every rendered file, NOTES.txt included, freshly (generated secrets differ each time).
+    ``strict_offline``: render ``values`` as given, without OFFLINE."""
+    given = (values or {}) if strict_offline else offline(values)
+    return chart().render(given, name=release, namespace=NAMESPACE)
 
 
 @cache

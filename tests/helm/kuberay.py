@@ -8,6 +8,7 @@ README "First install" lists what to confirm on a real cluster.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -28,8 +29,9 @@ def serve_service(rayservice: Manifest, cluster: str) -> Manifest:
     ports = [given.get(port["name"], {"name": port["name"], "port": port["containerPort"]})
              for port in head.get("ports", [])
              if port["name"] == "serve" or port["name"].startswith("serve-")]
-    return {"metadata": {"name": custom.get("metadata", {}).get("name")
-                         or f"{rayservice['metadata']['name']}-serve-svc"},
+    metadata = custom.get("metadata", {})
+    return {"metadata": {"name": metadata.get("name") or f"{rayservice['metadata']['name']}-serve-svc",
+                         "annotations": metadata.get("annotations", {})},
             "spec": {**custom.get("spec", {}), "ports": ports,
                      "selector": {"ray.io/cluster": cluster, "ray.io/serve": "true"}}}
 
@@ -57,29 +59,116 @@ def pod_labels(rayservice: Manifest, group: str, cluster: str,
 
 
 def running_pod_specs(rayservice: Manifest) -> dict[str, Manifest]:
-    """The pod specs KubeRay creates, with the containers it adds (common/pod.go): the
-    autoscaler sidecar on the head (autoscalerOptions.securityContext), the wait-gcs-ready
-    init container on workers (a copy of the Ray container's securityContext), and the
-    Redis cleanup Job it builds from the head's template under GCS fault tolerance."""
+    """The pod specs KubeRay creates, with the containers it adds.
+
+    - the autoscaler sidecar on the head under enableInTreeAutoscaling, with
+      autoscalerOptions.securityContext (common/pod.go BuildAutoscalerContainer);
+    - on workers, wait-gcs-ready *appended* after the template's own init containers, with a
+      copy of the Ray container's securityContext (common/pod.go DefaultWorkerPodTemplate);
+    - under GCS fault tolerance, the Redis cleanup Job's pod (raycluster_controller.go
+      buildRedisCleanupJob): the head pod with only its Ray container, its init containers
+      kept (all but wait-for-tls-ip-san), the label ray.io/node-type=redis-cleanup, and a
+      300 s activeDeadlineSeconds.
+    """
     cluster = rayservice["spec"]["rayClusterConfig"]
     pods = {}
-    head = copy.deepcopy(cluster["headGroupSpec"]["template"]["spec"])
+    head_template = cluster["headGroupSpec"]["template"]
+    head = copy.deepcopy(head_template["spec"])
     if cluster.get("enableInTreeAutoscaling"):
         options = cluster.get("autoscalerOptions", {})
         head["containers"].append({"name": "autoscaler",
                                    "securityContext": options.get("securityContext", {})})
     pods["head"] = head
     if cluster.get("gcsFaultToleranceOptions"):
-        job = copy.deepcopy(cluster["headGroupSpec"]["template"]["spec"])
-        pods["redis-cleanup-job"] = job
+        pods["redis-cleanup-job"] = redis_cleanup_pod(rayservice)["spec"]
     for group in cluster["workerGroupSpecs"]:
         spec = copy.deepcopy(group["template"]["spec"])
         ray = spec["containers"][0]
-        spec["initContainers"] = [{"name": "wait-gcs-ready",
-                                   "securityContext": copy.deepcopy(ray.get("securityContext", {}))},
-                                  *spec.get("initContainers", [])]
+        spec["initContainers"] = [*spec.get("initContainers", []),
+                                  {"name": "wait-gcs-ready",
+                                   "securityContext": copy.deepcopy(ray.get("securityContext", {}))}]
         pods[group["groupName"]] = spec
     return pods
+
+
+REDIS_CLEANUP_DEADLINE_S = 300  # buildRedisCleanupJob: ActiveDeadlineSeconds
+
+
+def redis_cleanup_pod(rayservice: Manifest) -> Manifest:
+    """The Redis cleanup Job's pod template (raycluster_controller.go buildRedisCleanupJob)."""
+    template = copy.deepcopy(rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"])
+    spec = template["spec"]
+    spec["containers"] = spec["containers"][:1]
+    spec["initContainers"] = [c for c in spec.get("initContainers", [])
+                              if c["name"] != "wait-for-tls-ip-san"]
+    spec["restartPolicy"] = "Never"
+    labels = {**template["metadata"].get("labels", {}), "ray.io/node-type": "redis-cleanup"}
+    return {"metadata": {**template["metadata"], "labels": labels}, "spec": spec}
+
+
+# --- what KubeRay does with a changed RayService --------------------------------------------
+
+def cluster_hash(rayservice: Manifest, num_groups: int | None = None) -> str:
+    """The hash KubeRay keeps on a RayCluster and compares the RayService's spec against
+    (utils/util.go GenerateHashWithoutReplicasAndWorkersToDelete, rayservice_controller.go
+    rayClusterSpecForHashing): tolerations and scheduling gates of every template, and each
+    worker group's replicas, minReplicas, maxReplicas and workersToDelete, are left out, as
+    are upgradeStrategy and suspend. ``num_groups`` hashes only the first worker groups (the
+    partial comparison of isClusterSpecHashEqual)."""
+    spec = copy.deepcopy(rayservice["spec"]["rayClusterConfig"])
+    spec.pop("suspend", None)
+    spec.pop("upgradeStrategy", None)
+    spec["headGroupSpec"]["template"]["spec"].pop("tolerations", None)
+    spec["headGroupSpec"]["template"]["spec"].pop("schedulingGates", None)
+    groups = spec.get("workerGroupSpecs", [])
+    if num_groups is not None:
+        groups = groups[:num_groups]
+    for group in groups:
+        for field in ("replicas", "minReplicas", "maxReplicas"):
+            group.pop(field, None)
+        group.get("scaleStrategy", {}).pop("workersToDelete", None)
+        group["template"]["spec"].pop("tolerations", None)
+        group["template"]["spec"].pop("schedulingGates", None)
+    spec["workerGroupSpecs"] = groups
+    return json.dumps(spec, sort_keys=True)
+
+
+def cluster_action(running: Manifest, edited: Manifest) -> str:
+    """What KubeRay does to the active RayCluster (built from ``running``) when the RayService
+    becomes ``edited`` (rayservice_controller.go shouldUpdateCluster, shouldPrepareNewCluster,
+    isClusterSpecHashEqual):
+
+    - "nothing": the hash is equal, so the running cluster keeps its old spec;
+    - "update": worker groups were only added at the end, so the cluster is updated in place;
+    - "new-cluster": anything else, under NewCluster / NewClusterWithIncrementalUpgrade;
+    - "wait": anything else under upgradeStrategy None: not applied until the cluster is
+      deleted by hand.
+
+    serveConfigV2 is not part of the cluster: KubeRay submits a changed one to the running
+    cluster's Serve in every case (checkIfNeedSubmitServeApplications).
+    """
+    if cluster_hash(running) == cluster_hash(edited):
+        return "nothing"
+    num_groups = len(running["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    if (len(edited["spec"]["rayClusterConfig"]["workerGroupSpecs"]) >= num_groups
+            and cluster_hash(running) == cluster_hash(edited, num_groups)):
+        return "update"
+    strategy = edited["spec"].get("upgradeStrategy", {}).get("type", "NewCluster")
+    return "wait" if strategy == "None" else "new-cluster"
+
+
+def reconcile_serve_service(existing: Manifest | None, rayservice: Manifest,
+                            cluster: str) -> Manifest:
+    """<name>-serve-svc after KubeRay reconciles it (rayservice_controller.go
+    reconcileServices): created from spec.serveService (metadata included) when absent;
+    afterwards its spec is replaced only when the active cluster changes (the ray.io/cluster
+    selector differs) and its metadata is never touched again."""
+    built = serve_service(rayservice, cluster)
+    if existing is None:
+        return built
+    if existing["spec"]["selector"]["ray.io/cluster"] == built["spec"]["selector"]["ray.io/cluster"]:
+        return existing
+    return {"metadata": existing["metadata"], "spec": built["spec"]}
 
 
 def _version(text: str) -> tuple[int, ...]:

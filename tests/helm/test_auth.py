@@ -14,10 +14,13 @@ from tests.helm.chart import (
     env_of,
     merged_values,
     named,
+    of_kind,
     ray_groups,
     render,
     the,
 )
+from tests.helm.kuberay import pod_labels, redis_cleanup_pod
+from tests.helm.networkpolicy import Pod, admits
 
 RAY_PODS = {"app.kubernetes.io/name": "mistral-serve", "app.kubernetes.io/instance": "llm",
             "app.kubernetes.io/component": "ray"}
@@ -112,3 +115,40 @@ def test_scheduling_values_reach_the_pods() -> None:
     assert head["priorityClassName"] == gpu["priorityClassName"] == "inference-critical"
     assert gpu["runtimeClassName"] == "nvidia"
     assert "runtimeClassName" not in head
+
+
+# --- the NetworkPolicies, evaluated: who reaches what ---------------------------------------
+
+def ray_pod(rayservice: dict[str, Any], group: str) -> Pod:
+    return Pod(pod_labels(rayservice, group, "active"), namespace_labels={NS_LABEL: "inference"})
+
+
+NS_LABEL = "kubernetes.io/metadata.name"
+
+
+def test_network_policies_admit_exactly_the_intended_connections() -> None:
+    manifests = render(ci_values("tp2-3replicas-external-redis") | {"redis": {"enabled": True},
+                                                                       "externalRedis": {"url": ""}})
+    policies = of_kind(manifests, "NetworkPolicy")
+    rayservice = the(manifests, "RayService")
+    head, gpu = ray_pod(rayservice, "head"), ray_pod(rayservice, "gpu")
+    cleanup = Pod({**redis_cleanup_pod(rayservice)["metadata"]["labels"]})
+    redis = Pod(named(manifests, "StatefulSet", "llm-mistral-serve-redis")[
+        "spec"]["template"]["metadata"]["labels"])
+    operator = Pod({"app.kubernetes.io/name": "kuberay-operator"}, "kuberay-system",
+                   {NS_LABEL: "kuberay-system"})
+    stray_operator = Pod({"app.kubernetes.io/name": "kuberay-operator"}, "apps", {NS_LABEL: "apps"})
+    client = Pod({"app": "web"}, "apps", {NS_LABEL: "apps"})
+    outsider = Pod({"app": "web"}, "other", {NS_LABEL: "other"})
+    cases = [
+        (gpu, head, 6379, True), (head, gpu, 12345, True),        # Ray's own traffic
+        (operator, head, 8265, True), (operator, head, 8000, True),
+        (operator, head, 6379, False), (stray_operator, head, 8265, False),
+        (client, gpu, 9000, True), (client, gpu, 8000, True),     # the Serve ports
+        (client, head, 8265, False), (client, head, 6379, False), (client, head, 10001, False),
+        (client, gpu, 8080, False), (outsider, gpu, 9000, False),  # clientFrom: apps only
+        (head, redis, 6379, True), (cleanup, redis, 6379, True),   # KubeRay's cleanup Job too
+        (client, redis, 6379, False), (operator, redis, 6379, False),
+    ]
+    assert [admits(policies, src, dst, port) for src, dst, port, _ in cases] == [
+        allowed for *_, allowed in cases]

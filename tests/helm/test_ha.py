@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import helm_python as helm
 import pytest
 
 from tests.helm.chart import (
@@ -79,14 +80,15 @@ def test_the_head_takes_no_serve_replicas(values: dict[str, Any], release: str) 
 
 def test_scale_to_zero_keeps_the_ingress_on_a_cpu_pod() -> None:
     groups = ray_groups(the(render(ci_values("tp2-autoscaling-0-6-existing-secrets")), "RayService"))
-    assert (groups["gpu"]["minReplicas"], groups["gpu"]["maxReplicas"]) == (0, 6)
+    assert (groups["gpu"]["replicas"], groups["gpu"]["minReplicas"]) == (0, 0)
     assert (groups["cpu"]["minReplicas"], groups["cpu"]["maxReplicas"]) == (2, 2)
 
 
 # --- PodDisruptionBudgets -------------------------------------------------------------------
 
 def budgets(manifests: list[dict[str, Any]]) -> dict[str, int]:
-    found = of_kind(manifests, "PodDisruptionBudget")
+    found = [pdb for pdb in of_kind(manifests, "PodDisruptionBudget")
+             if not pdb["metadata"]["name"].endswith("redis")]
     for pdb in found:
         # The only form the eviction API honours for pods a RayCluster owns.
         assert set(pdb["spec"]) == {"minAvailable", "selector"}
@@ -122,6 +124,8 @@ def test_budgets_select_the_pods_kuberay_makes() -> None:
     manifests = render(values)
     rayservice = the(manifests, "RayService")
     for pdb in of_kind(manifests, "PodDisruptionBudget"):
+        if pdb["metadata"]["name"].endswith("redis"):
+            continue
         group = pdb["metadata"]["name"].removeprefix("llm-mistral-serve-").removeprefix("workers-")
         selector = pdb["spec"]["selector"]["matchLabels"]
         for candidate in ("head", "gpu", "cpu"):
@@ -129,3 +133,49 @@ def test_budgets_select_the_pods_kuberay_makes() -> None:
             for cluster in ("active", "pending"):
                 labels = pod_labels(rayservice, candidate, cluster)
                 assert (selector.items() <= labels.items()) is (candidate == group), (pdb, candidate)
+
+
+def test_each_in_chart_redis_has_a_budget_of_one() -> None:
+    manifests = render()
+    for component in ("redis", "gcs-redis"):
+        pdb = named(manifests, "PodDisruptionBudget", f"llm-mistral-serve-{component}")
+        assert pdb["spec"]["minAvailable"] == 1
+        (statefulset,) = [s for s in of_kind(manifests, "StatefulSet")
+                          if s["metadata"]["name"] == f"llm-mistral-serve-{component}"]
+        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Only the Redis the chart runs: none with both external.
+    assert [p for p in of_kind(render(ci_values("tp2-3replicas-external-redis")),
+                               "PodDisruptionBudget") if "redis" in p["metadata"]["name"]] == []
+
+
+def test_the_head_alone_is_marked_not_to_evict() -> None:
+    for name, group in ray_groups(the(render({"cpuWorker": {"replicas": 1}}), "RayService")).items():
+        annotations = group["template"]["metadata"]["annotations"]
+        marked = {key: annotations.get(key) for key in (
+            "cluster-autoscaler.kubernetes.io/safe-to-evict", "karpenter.sh/do-not-disrupt")}
+        assert marked == ({"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                           "karpenter.sh/do-not-disrupt": "true"} if name == "head"
+                          else dict.fromkeys(marked)), name
+
+
+def test_the_gcs_redis_has_room_to_rewrite_its_aof() -> None:
+    gcs = named(render(), "StatefulSet", "llm-mistral-serve-gcs-redis")
+    container = gcs["spec"]["template"]["spec"]["containers"][0]
+    # 512mb of data may exist twice during a rewrite, plus the server's own overhead.
+    assert "--maxmemory 512mb" in container["args"][0]
+    assert container["resources"]["limits"]["memory"] == "1280Mi"
+    # AOF alone: no RDB snapshot forks on top of the rewrites.
+    assert "--appendonly yes --appendfsync everysec --save ''" in container["args"][0]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    pytest.param({"gcsFaultTolerance": {"redis": {"resources": {"limits": {"memory": "768Mi"}}}}},
+                 r"gcsFaultTolerance.redis.resources.limits.memory 768Mi leaves no room for an AOF "
+                 r"rewrite with maxMemory 512mb: set it to at least 1280Mi", id="gcs"),
+    pytest.param({"redis": {"persistence": {"enabled": True}}},
+                 r"redis.resources.limits.memory 1536Mi .* at least 2304Mi", id="index-with-aof"),
+])
+def test_a_redis_without_room_for_a_rewrite_is_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)

@@ -60,8 +60,12 @@ def test_kuberay_sidecars_are_checked_too() -> None:
 def test_the_download_container_is_checked_too() -> None:
     values = ci_values("download-only-loadbalancer")
     pods = pod_specs(render(values))
+    # KubeRay appends wait-gcs-ready after the template's own (common/pod.go
+    # DefaultWorkerPodTemplate), and keeps the head's in the Redis cleanup Job.
     assert [c["name"] for c in pods["ray/gpu"]["initContainers"]] == [
-        "wait-gcs-ready", "fetch-model"]
+        "fetch-model", "wait-gcs-ready"]
+    assert [c["name"] for c in pods["ray/redis-cleanup-job"]["initContainers"]] == ["fetch-model"]
+    assert violations(pods["ray/redis-cleanup-job"], "restricted") == []
     assert violations(pods["ray/gpu"], "restricted") == []
 
 
@@ -69,7 +73,8 @@ def test_emptied_security_values_fail_restricted() -> None:
     # The check is not vacuous: without the chart's securityContext values the Ray pods fail
     # (null deletes a default in Helm; {} would merge into it).
     rayservice = the(render({"podSecurityContext": None, "securityContext": None}), "RayService")
-    assert violations(running_pod_specs(rayservice)["head"], "restricted") == [
+    found = violations(running_pod_specs(rayservice)["head"], "restricted")
+    assert [v for v in found if "ray-head" in v] == [
         "allowPrivilegeEscalation: ray-head", "runAsNonRoot: ray-head",
         "seccompProfile_restricted: ray-head", "capabilities_restricted: ray-head does not drop ALL"]
 

@@ -16,6 +16,7 @@ import yaml
 from tests.helm.chart import (
     CHART_DIR,
     NAMESPACE,
+    OFFLINE,
     ci_values,
     env_of,
     named,
@@ -114,7 +115,8 @@ def test_redis_liveness_asks_redis_itself() -> None:
 
 
 def test_persistent_redis_claims_a_volume() -> None:
-    statefulset = named(render({"redis": {"persistence": {"enabled": True, "size": "2Gi"}}}),
+    statefulset = named(render({"redis": {"persistence": {"enabled": True, "size": "2Gi"},
+                                          "resources": {"limits": {"memory": "2304Mi"}}}}),
                         "StatefulSet", "llm-mistral-serve-redis")
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
@@ -131,6 +133,9 @@ def test_checksums_match_the_generated_secrets() -> None:
         expected = {"checksum/redis-password": sha256(password)}
         if name.startswith("ray/"):
             expected["checksum/api-key"] = sha256(api_key)
+        if name == "ray/gpu":  # the GPU toleration (tests/helm/test_upgrade.py)
+            expected["checksum/tolerations"] = template["metadata"]["annotations"][
+                "checksum/tolerations"]
         assert checksums(template) == expected, name
 
 
@@ -142,19 +147,43 @@ def test_a_given_api_key_gives_the_same_checksum_on_every_render() -> None:
     assert checksum(API_KEY) == checksum(API_KEY) != checksum(API_KEY + "-rotated")
 
 
-def test_supplied_secrets_render_byte_identically() -> None:
-    # What GitOps tools need: `helm template` twice, no cluster, the same bytes.
-    first, second = render_files(ci_values(GITOPS)), render_files(ci_values(GITOPS))
-    assert first == second
+SUPPLIED = {"apiKey": {"value": API_KEY}, "redis": {"auth": {"password": "pw4e1f0b9c"}}}
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param(ci_values(GITOPS), id="existing-secrets"),
+    pytest.param(SUPPLIED, id="explicit-values"),
+])
+def test_supplied_secrets_render_byte_identically_offline(values: dict[str, Any]) -> None:
+    # What GitOps tools need: `helm template` twice, no cluster, no opt-in, the same bytes.
+    first = render_files(values, strict_offline=True)
+    assert first == render_files(values, strict_offline=True)
+
+
+def test_existing_secrets_leave_nothing_to_checksum() -> None:
     manifests = render(ci_values(GITOPS))
     assert of_kind(manifests, "Secret") == []
-    assert {name: checksums(t) for name, t in pod_templates(manifests).items()} == {
-        name: {} for name in pod_templates(manifests)}
+    for name, template in pod_templates(manifests).items():
+        assert set(checksums(template)) <= {"checksum/tolerations"}, name
 
 
-def test_generated_secrets_change_on_every_offline_render() -> None:
-    # Without a cluster `lookup` finds nothing: each render is a new key, a new checksum and
-    # so a new RayCluster. This is why GitOps installs supply their Secrets.
+@pytest.mark.parametrize(("values", "what"), [
+    pytest.param({}, "the generated API key", id="defaults"),
+    pytest.param({"apiKey": {"value": API_KEY}}, "the generated Redis password", id="redis-only"),
+    pytest.param({"apiKey": {"existingSecret": "key"}, "redis": {"enabled": False},
+                  "externalRedis": {"url": "redis://cache:6379/0"}},
+                 "the generated Redis password", id="gcs-redis-still-needs-one"),
+])
+def test_an_offline_render_that_would_generate_a_secret_is_refused(
+        values: dict[str, Any], what: str) -> None:
+    # Without a cluster `lookup` finds nothing: a generated value would be new on every
+    # render, its checksum too, and every GitOps sync would build a second Ray cluster.
+    with pytest.raises(helm.HelmError, match=f"cannot find {what} .* Supply it: .*"
+                                             "set generateSecretsOffline=true"):
+        render_files(values, strict_offline=True)
+
+
+def test_throwaway_offline_renders_differ_each_time() -> None:
     first, second = (yaml.safe_load(render_files()[
         "mistral-serve/templates/secret-api-key.yaml"]) for _ in range(2))
     assert first["data"] != second["data"]
@@ -162,27 +191,31 @@ def test_generated_secrets_change_on_every_offline_render() -> None:
 
 @pytest.fixture(scope="module")
 def probe_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart plus one template that calls the secret-choosing helper with a stand-in for
+    """The chart plus one template that calls the secret-choosing helper with stand-ins for
     what `lookup` returns from a cluster (offline it always returns nothing)."""
     root = tmp_path_factory.mktemp("chart") / "mistral-serve"
     shutil.copytree(CHART_DIR, root)
     kept = base64.b64encode(b"kept-from-the-cluster").decode()
-    call = '(dict "value" %s "existing" %s "key" "api-key")'
     in_cluster = f'(dict "data" (dict "api-key" "{kept}"))'
-    (root / "templates" / "zz-probe.yaml").write_text("\n".join([
-        "kind: Probe",
-        'existing: {{ include "mistral-serve.pickSecretValue" %s }}' % (call % ('""', in_cluster)),
-        'given: {{ include "mistral-serve.pickSecretValue" %s }}' % (call % ('"new"', in_cluster)),
-        'absent: {{ include "mistral-serve.pickSecretValue" %s }}' % (call % ('""', "(dict)")),
-    ]) + "\n")
+    cases = {  # name: (value, lookup result, online, generateSecretsOffline)
+        "existing": ('""', in_cluster, "true", "false"),
+        "given": ('"new"', in_cluster, "false", "false"),
+        "first-install": ('""', "(dict)", "true", "false"),
+        "offline-throwaway": ('""', "(dict)", "false", "true"),
+        "offline": ('""', "(dict)", "false", "false"),
+    }
+    call = '(dict "value" %s "existing" %s "key" "api-key" "online" %s "generateOffline" %s)'
+    (root / "templates" / "zz-probe.yaml").write_text("kind: Probe\n" + "".join(
+        f'{name}: {{{{ include "mistral-serve.secretSource" {call % case} }}}}\n'
+        for name, case in cases.items()) + "value: {{ include \"mistral-serve.pickSecretValue\" "
+        + call % ('""', in_cluster, "true", "false") + " }}\n")
     return root
 
 
-def test_an_existing_secret_in_the_cluster_is_kept(probe_chart: Path) -> None:
-    rendered = helm.Chart.load(probe_chart).render({}, name="llm", namespace=NAMESPACE)
+def test_the_secret_source_follows_value_cluster_then_online(probe_chart: Path) -> None:
+    rendered = helm.Chart.load(probe_chart).render(OFFLINE, name="llm", namespace=NAMESPACE)
     probe = yaml.safe_load(rendered["mistral-serve/templates/zz-probe.yaml"])
-    decoded = {key: base64.b64decode(value).decode() for key, value in probe.items()
-               if key != "kind"}
-    assert decoded["existing"] == "kept-from-the-cluster"
-    assert decoded["given"] == "new"
-    assert len(decoded["absent"]) == 32 and decoded["absent"].isalnum()
+    assert base64.b64decode(probe.pop("value")).decode() == "kept-from-the-cluster"
+    assert probe == {"kind": "Probe", "existing": "cluster", "given": "value",
+                     "first-install": "generate", "offline-throwaway": "generate",
+                     "offline": "refuse"}

@@ -3,13 +3,15 @@ value, rayVersion cannot drift from the image, and the autoscaler runs only when
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 
-from tests.helm.chart import ci_params, ci_values, merged_values, of_kind, render, the
-from tests.helm.kuberay import pod_labels, serve_service
+from tests.helm.chart import ci_params, ci_values, merged_values, of_kind, ray_groups, render, the
+from tests.helm.kuberay import cluster_action, pod_labels, reconcile_serve_service, serve_service
 
 INCREMENTAL = {"autoscaling": {"enabled": True},
                "upgrade": {"strategy": "NewClusterWithIncrementalUpgrade",
@@ -147,13 +149,115 @@ def test_an_untagged_image_is_accepted_when_vouched_for() -> None:
 # --- the autoscaler -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("values", "release"), ci_params())
-def test_in_tree_autoscaling_follows_autoscaling(values: dict[str, Any], release: str) -> None:
-    enabled = merged_values(values)["autoscaling"]["enabled"]
+def test_rays_autoscaler_always_sizes_the_gpu_group(values: dict[str, Any], release: str) -> None:
     cluster = the(render(values, release), "RayService")["spec"]["rayClusterConfig"]
-    assert cluster["enableInTreeAutoscaling"] is enabled
-    assert ("autoscalerOptions" in cluster) is enabled
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert "idleTimeoutSeconds" in cluster["autoscalerOptions"]
     head = cluster["headGroupSpec"]["template"]["spec"]
     # Only the autoscaler sidecar talks to the Kubernetes API.
-    assert head["automountServiceAccountToken"] is enabled
+    assert head["automountServiceAccountToken"] is True
     for group in cluster["workerGroupSpecs"]:
         assert group["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+# --- day two: what each edit does to a running release --------------------------------------
+
+def serve_args(rayservice: dict[str, Any]) -> dict[str, Any]:
+    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    return app["args"]
+
+
+# Supplied secrets: two renders differ only by the edit (generated ones differ every time).
+SECRETS = {"apiKey": {"value": "sk-day-two"}, "redis": {"auth": {"password": "daytwo"}}}
+
+
+def rendered_pair(before: dict[str, Any], after: dict[str, Any]) -> tuple[Any, Any]:
+    return (the(render({**SECRETS, **before}), "RayService"),
+            the(render({**SECRETS, **after}), "RayService"))
+
+
+def edit(before: dict[str, Any], after: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """KubeRay's action on the cluster, and the Serve args before and after."""
+    old, new = rendered_pair(before, after)
+    return cluster_action(old, new), serve_args(old), serve_args(new)
+
+
+@pytest.mark.parametrize(("before", "after", "changed"), [
+    pytest.param({"replicas": 2}, {"replicas": 3}, {"replicas": 3}, id="scale-up"),
+    pytest.param({"replicas": 3}, {"replicas": 2}, {"replicas": 2}, id="scale-down"),
+    pytest.param({"autoscaling": {"enabled": True, "maxReplicas": 4}},
+                 {"autoscaling": {"enabled": True, "maxReplicas": 8}},
+                 {"autoscaling": {"max_replicas": 8}}, id="raise-max"),
+    pytest.param({"autoscaling": {"enabled": True, "minReplicas": 1}},
+                 {"autoscaling": {"enabled": True, "minReplicas": 3}},
+                 {"autoscaling": {"min_replicas": 3}}, id="raise-min"),
+    pytest.param({"replicas": 2}, {"replicas": 2, "autoscaling": {"enabled": True}},
+                 {"autoscaling": {"min_replicas": 1}}, id="turn-autoscaling-on"),
+])
+def test_scaling_edits_reach_the_running_cluster_through_serve(
+        before: dict[str, Any], after: dict[str, Any], changed: dict[str, Any]) -> None:
+    # KubeRay leaves the RayCluster alone (its hash ignores replicas and bounds), but the edit
+    # is in serveConfigV2, which it submits to the running cluster's Serve; Ray's autoscaler
+    # then adds or removes GPU pods for the copies Serve wants, under worker.maxPods.
+    action, old, new = edit(before, after)
+    assert action == "nothing"
+    assert old != new
+    for key, value in changed.items():
+        if isinstance(value, dict):
+            assert {k: new[key][k] for k in value} == value
+        else:
+            assert new[key] == value
+
+
+@pytest.mark.parametrize(("before", "after", "strategy_action"), [
+    pytest.param({}, {"worker": {"maxPods": 16}}, "new-cluster", id="raise-max-pods"),
+    pytest.param({}, {"worker": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}},
+                 "new-cluster", id="gpu-tolerations"),
+    pytest.param({}, {"head": {"tolerations": [{"key": "cpu", "operator": "Exists"}]}},
+                 "new-cluster", id="head-tolerations"),
+    pytest.param({"cpuWorker": {"replicas": 1}}, {"cpuWorker": {"replicas": 2}},
+                 "new-cluster", id="cpu-pods"),
+    pytest.param({}, {"cpuWorker": {"replicas": 1}}, "update", id="add-cpu-group"),
+    pytest.param({}, {"upgrade": {"strategy": "None"}, "worker": {"maxPods": 16}}, "wait",
+                 id="none-waits"),
+])
+def test_fields_kuberay_ignores_still_change_the_cluster(
+        before: dict[str, Any], after: dict[str, Any], strategy_action: str) -> None:
+    # Each of these alone would leave KubeRay's hash equal and the edit unapplied; the chart
+    # stamps them into the pod templates, so they are applied like any other cluster change.
+    old, new = rendered_pair(before, after)
+    bare = [copy.deepcopy(r) for r in (old, new)]
+    for rayservice in bare:
+        for group in ray_groups(rayservice).values():
+            annotations = group["template"]["metadata"]["annotations"]
+            for key in [k for k in annotations if k.startswith("mistral-serve.io/")
+                        or k == "checksum/tolerations"]:
+                del annotations[key]
+    if strategy_action != "update":
+        assert cluster_action(*bare) == "nothing", "KubeRay alone would drop this edit"
+    assert cluster_action(old, new) == strategy_action
+
+
+def test_a_copy_count_above_the_pod_ceiling_is_refused() -> None:
+    with pytest.raises(helm.HelmError, match=r"replicas \(9\) is above worker.maxPods \(8\)"):
+        render({"replicas": 9})
+    with pytest.raises(helm.HelmError, match=r"autoscaling.maxReplicas \(12\) is above worker.maxPods"):
+        render({"autoscaling": {"enabled": True, "maxReplicas": 12}})
+
+
+# --- the client Service on day two ----------------------------------------------------------
+
+def test_kuberay_updates_the_serve_service_only_on_a_switch() -> None:
+    """The model the chart's README "Upgrading" rests on (rayservice_controller.go
+    reconcileServices): created from serveService, then its spec replaced only when the
+    active cluster changes, its annotations never."""
+    old = the(render({"service": {"type": "LoadBalancer", "annotations": {"a": "1"}}}), "RayService")
+    new = the(render({"service": {"type": "LoadBalancer", "annotations": {"a": "2"},
+                                  "loadBalancerSourceRanges": ["10.0.0.0/8"]}}), "RayService")
+    created = reconcile_serve_service(None, old, "c1")
+    assert created["metadata"]["annotations"] == {"a": "1"}
+    same = reconcile_serve_service(created, new, "c1")
+    assert same is created and "loadBalancerSourceRanges" not in same["spec"]
+    switched = reconcile_serve_service(created, new, "c2")
+    assert switched["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert switched["metadata"]["annotations"] == {"a": "1"}

@@ -11,7 +11,7 @@ Usage: include "mistral-serve.rayPodTemplate" (dict "ctx" $ "group" .Values.head
 metadata:
   labels:
     {{- include "mistral-serve.rayPodLabels" $ctx | nindent 4 }}
-  {{- with merge (include "mistral-serve.rayChecksums" $ctx | fromYaml) (deepCopy ($v.podAnnotations | default dict)) }}
+  {{- with merge (include "mistral-serve.rayPodAnnotations" . | fromYaml) (deepCopy ($v.podAnnotations | default dict)) }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -19,8 +19,8 @@ spec:
   {{- with $v.serviceAccountName }}
   serviceAccountName: {{ . }}
   {{- end }}
-  {{- /* Only KubeRay's autoscaler sidecar (head, autoscaling on) talks to the Kubernetes API. */}}
-  automountServiceAccountToken: {{ and .head $v.autoscaling.enabled }}
+  {{- /* Only KubeRay's autoscaler sidecar (on the head) talks to the Kubernetes API. */}}
+  automountServiceAccountToken: {{ .head }}
   {{- with $g.priorityClassName }}
   priorityClassName: {{ . }}
   {{- end }}
@@ -47,7 +47,7 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with (include "mistral-serve.fetchModelContainer" $ctx | trim) }}
+  {{- with (include "mistral-serve.fetchModelContainer" (dict "ctx" $ctx "head" .head) | trim) }}
   initContainers:
     {{- . | nindent 4 }}
   {{- end }}
@@ -66,11 +66,38 @@ spec:
         {{- . | nindent 8 }}
       {{- end }}
       resources:
-        {{- include "mistral-serve.rayResources" (dict "ctx" $ctx "resources" $g.resources "gpus" .gpus) | nindent 8 }}
+        {{- include "mistral-serve.rayResources" (dict "ctx" $ctx "resources" $g.resources "gpus" .gpus "head" .head) | nindent 8 }}
       volumeMounts:
         {{- include "mistral-serve.modelMount" (dict "ctx" $ctx "readOnly" true) | nindent 8 }}
   volumes:
-    {{- include "mistral-serve.modelVolume" $ctx | nindent 4 }}
+    {{- include "mistral-serve.modelVolume" (dict "ctx" $ctx "head" .head) | nindent 4 }}
+{{- end }}
+
+{{/*
+The chart's annotations on a Ray pod template (a dict; podAnnotations go underneath):
+- checksum/* of the generated secrets (templates/_secrets.tpl);
+- the values KubeRay leaves out of the cluster hash it compares on an upgrade (utils/util.go
+  GenerateHashWithoutReplicasAndWorkersToDelete: tolerations, and a group's replicas,
+  minReplicas and maxReplicas), stamped here so a change to them reaches the pod template,
+  hence the hash, and is applied by upgrade.strategy instead of being dropped. `stamps` holds
+  the group's count values; the tolerations go in as a checksum;
+- on the head alone, the cluster autoscalers' do-not-evict marks: moving it to pack nodes
+  would cost a head restart (with GCS fault tolerance, a pause in scaling and deploys;
+  without it, every GPU pod).
+*/}}
+{{- define "mistral-serve.rayPodAnnotations" -}}
+{{- $annotations := include "mistral-serve.rayChecksums" .ctx | fromYaml | default dict }}
+{{- with .group.tolerations }}
+{{- $_ := set $annotations "checksum/tolerations" (toJson . | sha256sum) }}
+{{- end }}
+{{- range $key, $value := .stamps }}
+{{- $_ := set $annotations $key $value }}
+{{- end }}
+{{- if .head }}
+{{- $_ := set $annotations "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" }}
+{{- $_ := set $annotations "karpenter.sh/do-not-disrupt" "true" }}
+{{- end }}
+{{- toYaml $annotations }}
 {{- end }}
 
 {{/*
@@ -131,7 +158,7 @@ only picks nodes with that much disk free. A request the group sets itself wins.
 {{- if include "mistral-serve.weightsInEmptyDir" .ctx }}
 {{- $requests := $resources.requests | default dict }}
 {{- if not (hasKey $requests "ephemeral-storage") }}
-{{- $_ := set $requests "ephemeral-storage" .ctx.Values.model.download.sizeLimit }}
+{{- $_ := set $requests "ephemeral-storage" (include "mistral-serve.emptyDirSize" .) }}
 {{- end }}
 {{- $_ := set $resources "requests" $requests }}
 {{- end }}
@@ -143,20 +170,27 @@ only picks nodes with that much disk free. A request the group sets itself wins.
 {{- if and $m.download.enabled (not $m.pvc.enabled) (not $m.hostPath) }}true{{ end }}
 {{- end }}
 
+{{/* Usage: include "mistral-serve.modelVolume" (dict "ctx" $ "head" false) */}}
 {{- define "mistral-serve.modelVolume" -}}
+{{- $v := .ctx.Values }}
 - name: model
-{{- if .Values.model.pvc.enabled }}
+{{- if $v.model.pvc.enabled }}
   persistentVolumeClaim:
-    claimName: {{ include "mistral-serve.modelClaimName" . }}
-{{- else if .Values.model.hostPath }}
+    claimName: {{ include "mistral-serve.modelClaimName" .ctx }}
+{{- else if $v.model.hostPath }}
   {{- /* Pod Security: hostPath volumes need the `privileged` level (README). */}}
   hostPath:
-    path: {{ .Values.model.hostPath }}
+    path: {{ $v.model.hostPath }}
     type: Directory
 {{- else }}
   emptyDir:
-    sizeLimit: {{ .Values.model.download.sizeLimit }}
+    sizeLimit: {{ include "mistral-serve.emptyDirSize" . }}
 {{- end }}
+{{- end }}
+
+{{/* The weights' emptyDir: sizeLimit on GPU and CPU pods; the head holds the JSON files only. */}}
+{{- define "mistral-serve.emptyDirSize" -}}
+{{- ternary "1Gi" .ctx.Values.model.download.sizeLimit (eq .head true) }}
 {{- end }}
 
 {{/* The weights: read-only in the Ray container, writable only for the fetch init container. */}}

@@ -62,7 +62,8 @@ spec:
               unset REDISCLI_AUTH &&
               exec redis-server /run/redis/redis.conf --dir /data
               --maxmemory {{ $r.maxMemory }} --maxmemory-policy {{ .policy }}
-              {{- if $r.persistence.enabled }} --appendonly yes --appendfsync everysec
+              {{- /* AOF only: RDB snapshots would fork a second time for nothing. */}}
+              {{- if $r.persistence.enabled }} --appendonly yes --appendfsync everysec --save ''
               {{- else }} --appendonly no --save ''
               {{- end }}
           env:

@@ -5,37 +5,72 @@ Each value is worked out once per render and remembered on the root context, so 
 and every pod annotation of one render agree whichever template Helm renders first.
 
 `lookup` reads the Secret already in the cluster, so a generated key survives `helm upgrade`.
-Without a cluster (`helm template`, `--dry-run=client`, Argo CD, Flux's helm-controller in
-template mode) it finds nothing and every render makes a new key, a new Secret and a new
-checksum. So GitOps installs supply existing Secrets (apiKey.existingSecret,
-redis.auth.existingSecret); README "Secrets" explains.
+Without a cluster (`helm template`, `helm lint`, `--dry-run=client`, Argo CD, Flux in
+template mode) it finds nothing, and a generated value would be new on every render: a new
+Secret, a new checksum, so a second full Ray cluster (twice the GPUs) on every sync. Such a
+render is refused unless the value is supplied (an existing Secret, or apiKey.value /
+redis.auth.password) or generateSecretsOffline says the render is a throwaway.
+README "Secrets".
 */}}
 
 {{/*
-The base64 value of one key of a chart-made Secret: the given value, else the one already in
-the cluster, else a fresh random one. `existing` is the lookup result, passed in so the
-choice itself can be tested offline.
-Usage: include "mistral-serve.pickSecretValue" (dict "value" "" "existing" $secret "key" "k")
+Where one key of a chart-made Secret comes from: "value" (given), "cluster" (the Secret
+already there), "generate" (a fresh random one) or "refuse" (offline, nothing supplied).
+`existing` is the lookup result and `online` whether lookup reached a cluster, passed in so
+the choice itself can be tested offline.
+Usage: include "mistral-serve.secretSource" (dict "value" "" "existing" $secret "key" "k"
+  "online" true "generateOffline" false)
 */}}
-{{- define "mistral-serve.pickSecretValue" -}}
+{{- define "mistral-serve.secretSource" -}}
 {{- $data := (.existing | default dict).data | default dict }}
-{{- if .value }}
-{{- .value | b64enc }}
-{{- else if index $data .key }}
-{{- index $data .key }}
-{{- else }}
-{{- /* Alphanumeric: it goes into redis://:<password>@host URLs without escaping. */}}
-{{- randAlphaNum 32 | b64enc }}
+{{- if .value }}value
+{{- else if index $data .key }}cluster
+{{- else if or .online .generateOffline }}generate
+{{- else }}refuse
 {{- end }}
 {{- end }}
 
-{{/* Usage: include "mistral-serve.secretValue" (dict "ctx" $ "name" "secret" "key" "k" "value" "") */}}
+{{/*
+The base64 value of one key of a chart-made Secret, from the source above.
+Usage: include "mistral-serve.pickSecretValue" (dict "value" "" "existing" $secret "key" "k"
+  "online" true "generateOffline" false "what" "the API key (apiKey.existingSecret ...)")
+*/}}
+{{- define "mistral-serve.pickSecretValue" -}}
+{{- $source := include "mistral-serve.secretSource" . }}
+{{- if eq $source "value" }}
+{{- .value | b64enc }}
+{{- else if eq $source "cluster" }}
+{{- index .existing.data .key }}
+{{- else if eq $source "generate" }}
+{{- /* Alphanumeric: it goes into redis://:<password>@host URLs without escaping. */}}
+{{- randAlphaNum 32 | b64enc }}
+{{- else }}
+{{- fail (printf "this render cannot reach a cluster (helm template, helm lint, --dry-run=client, Argo CD, Flux), so it cannot find %s and would make a new one on every render, and with it a second Ray cluster on every sync. Supply it: %s. For a throwaway render only, set generateSecretsOffline=true. README \"Secrets\"" .what .how) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether `lookup` reaches a cluster: listing the release namespace's Secrets (which Helm itself
+does to find its releases) returns a SecretList online, even an empty one, and nothing offline.
+*/}}
+{{- define "mistral-serve.online" -}}
+{{- if not (hasKey .mistralServeOnline "checked") }}
+{{- $_ := set .mistralServeOnline "checked" (lookup "v1" "Secret" .Release.Namespace "" | empty | not) }}
+{{- end }}
+{{- if .mistralServeOnline.checked }}true{{ end }}
+{{- end }}
+
+{{/* Usage: include "mistral-serve.secretValue" (dict "ctx" $ "name" "secret" "key" "k" "value" ""
+  "what" "..." "how" "...") */}}
 {{- define "mistral-serve.secretValue" -}}
 {{- $cache := .ctx.mistralServeSecretCache | default dict }}
 {{- $cacheKey := printf "%s/%s" .name .key }}
 {{- if not (hasKey $cache $cacheKey) }}
 {{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
-{{- $value := include "mistral-serve.pickSecretValue" (dict "value" .value "existing" $existing "key" .key) }}
+{{- $_ := set .ctx "mistralServeOnline" (.ctx.mistralServeOnline | default dict) }}
+{{- $value := include "mistral-serve.pickSecretValue" (dict "value" .value "existing" $existing "key" .key
+      "online" (include "mistral-serve.online" .ctx | eq "true") "generateOffline" .ctx.Values.generateSecretsOffline
+      "what" .what "how" .how) }}
 {{- $_ := set $cache $cacheKey $value }}
 {{- $_ := set .ctx "mistralServeSecretCache" $cache }}
 {{- end }}
@@ -43,11 +78,13 @@ Usage: include "mistral-serve.pickSecretValue" (dict "value" "" "existing" $secr
 {{- end }}
 
 {{- define "mistral-serve.apiKeyValue" -}}
-{{- include "mistral-serve.secretValue" (dict "ctx" . "name" (include "mistral-serve.apiKeySecretName" .) "key" .Values.apiKey.existingSecretKey "value" .Values.apiKey.value) }}
+{{- include "mistral-serve.secretValue" (dict "ctx" . "name" (include "mistral-serve.apiKeySecretName" .) "key" .Values.apiKey.existingSecretKey "value" .Values.apiKey.value
+      "what" "the generated API key" "how" "apiKey.existingSecret (a Secret you create), or apiKey.value") }}
 {{- end }}
 
 {{- define "mistral-serve.redisPasswordValue" -}}
-{{- include "mistral-serve.secretValue" (dict "ctx" . "name" (include "mistral-serve.redisSecretName" .) "key" .Values.redis.auth.existingSecretPasswordKey "value" "") }}
+{{- include "mistral-serve.secretValue" (dict "ctx" . "name" (include "mistral-serve.redisSecretName" .) "key" .Values.redis.auth.existingSecretPasswordKey "value" .Values.redis.auth.password
+      "what" "the generated Redis password" "how" "redis.auth.existingSecret (a Secret you create), or redis.auth.password") }}
 {{- end }}
 
 {{- define "mistral-serve.generatesApiKey" -}}

@@ -16,9 +16,114 @@ here for installs run with --skip-schema-validation.
 {{- if and $v.autoscaling.enabled (eq (int $v.autoscaling.minReplicas) 0) (eq (int $v.cpuWorker.replicas) 0) }}
 {{- fail "autoscaling.minReplicas 0 needs cpuWorker.replicas >= 1: the head takes no Serve replicas (num-cpus 0), so without a CPU pod the Ingress replicas would keep a GPU pod running" }}
 {{- end }}
+{{- $copies := ternary $v.autoscaling.maxReplicas $v.replicas $v.autoscaling.enabled | int }}
+{{- if gt $copies (int $v.worker.maxPods) }}
+{{- fail (printf "%s (%d) is above worker.maxPods (%d), the most GPU pods Ray's autoscaler may run: lower it, or raise worker.maxPods too (that builds a new Ray cluster: README \"Scaling\")" (ternary "autoscaling.maxReplicas" "replicas" $v.autoscaling.enabled) $copies (int $v.worker.maxPods)) }}
+{{- end }}
 {{- include "mistral-serve.validateCluster" . }}
 {{- include "mistral-serve.validateModel" . }}
 {{- include "mistral-serve.validateRedis" . }}
+{{- include "mistral-serve.validateOwnedNames" . }}
+{{- include "mistral-serve.validateService" . }}
+{{- if .Values.redis.enabled }}
+{{- include "mistral-serve.validateRedisMemory" (dict "r" .Values.redis "key" "redis") }}
+{{- end }}
+{{- if include "mistral-serve.inChartGcsRedis" . }}
+{{- include "mistral-serve.validateRedisMemory" (dict "r" .Values.gcsFaultTolerance.redis "key" "gcsFaultTolerance.redis") }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Redis that persists forks to rewrite its AOF; the child shares the parent's pages until the
+parent writes them, so under load the pod can briefly hold the data set twice. Below
+2 x maxMemory + 256Mi the container's limit turns a rewrite into an OOM kill. Checked where
+both values use a unit this can read (Redis mb/gb, Kubernetes Mi/Gi).
+*/}}
+{{- define "mistral-serve.mebibytes" -}}
+{{- $m := regexFindAll "^([0-9]+)(mb|gb|Mi|Gi)$" (toString .) 1 }}
+{{- if $m }}
+{{- $n := regexFind "^[0-9]+" (first $m) | int }}
+{{- if or (hasSuffix "gb" (first $m)) (hasSuffix "Gi" (first $m)) }}{{ mul $n 1024 }}{{ else }}{{ $n }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "mistral-serve.validateRedisMemory" -}}
+{{- $r := .r }}
+{{- $limits := ($r.resources | default dict).limits | default dict }}
+{{- if and $r.persistence.enabled $limits.memory }}
+{{- $max := include "mistral-serve.mebibytes" $r.maxMemory }}
+{{- $limit := include "mistral-serve.mebibytes" $limits.memory }}
+{{- if and $max $limit }}
+{{- $needed := add (mul (int $max) 2) 256 }}
+{{- if lt (int $limit) $needed }}
+{{- fail (printf "%s.resources.limits.memory %s leaves no room for an AOF rewrite with maxMemory %s: set it to at least %dMi (2 x maxMemory + 256Mi), or lower %s.maxMemory" .key $limits.memory $r.maxMemory $needed .key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names the chart or KubeRay already set on the Ray pods. A second env entry of the same name
+silently wins or loses (the API server keeps both), and KubeRay refuses REDIS_PASSWORD,
+RAY_REDIS_ADDRESS, REDIS_USERNAME and rayStartParams redis-password / redis-username on a GCS
+fault tolerant head (utils/validation.go ValidateRayClusterSpec).
+*/}}
+{{- define "mistral-serve.validateOwnedNames" -}}
+{{- $v := .Values }}
+{{- $owned := dict
+      "MISTRAL_SERVE_API_KEY" "set apiKey.* instead"
+      "MISTRAL_SERVE_REDIS_URL" "set redis.* or externalRedis.* instead"
+      "INDEX_REDIS_PASSWORD" "set redis.auth.* instead"
+      "POD_IP" "the chart sets it on the head for head.dashboardHost"
+      "REDIS_PASSWORD" "KubeRay sets it from gcsFaultTolerance; set gcsFaultTolerance.externalRedis.existingSecret instead"
+      "REDIS_USERNAME" "KubeRay refuses it on the head; the chart's GCS Redis has no users"
+      "RAY_REDIS_ADDRESS" "KubeRay sets it; set gcsFaultTolerance.externalRedis.address instead"
+      "RAY_AUTH_TOKEN" "KubeRay sets it from rayAuth; set rayAuth.existingSecret instead"
+      "RAY_AUTH_MODE" "KubeRay sets it from rayAuth.mode"
+      "RAY_gcs_rpc_server_reconnect_timeout_s" "KubeRay sets it on workers under GCS fault tolerance" }}
+{{- range $env := $v.extraEnv }}
+{{- with get $owned $env.name }}
+{{- fail (printf "extraEnv must not set %s: %s" $env.name .) }}
+{{- end }}
+{{- end }}
+{{- $params := dict
+      "redis-password" "KubeRay refuses it under GCS fault tolerance and the chart sets the password from redis.auth / gcsFaultTolerance.externalRedis"
+      "redis-username" "KubeRay refuses it under GCS fault tolerance"
+      "dashboard-port" "set ports.dashboard instead (the head's ports and the NetworkPolicy follow it)"
+      "dashboard-host" "set head.dashboardHost instead"
+      "port" "the GCS port is 6379 in the head's ports, the GCS Redis and the NetworkPolicy" }}
+{{- range $key, $_ := $v.head.rayStartParams }}
+{{- with get $params $key }}
+{{- fail (printf "head.rayStartParams must not set %s: %s" $key .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The client Service: fields the API server accepts only for some Service types, and ports that
+would collide on the Ray pods (the metrics port 8080, the GCS 6379 and the Ray client 10001
+are Ray's own).
+*/}}
+{{- define "mistral-serve.validateService" -}}
+{{- $v := .Values }}
+{{- $svc := $v.service }}
+{{- if and $svc.loadBalancerSourceRanges (ne $svc.type "LoadBalancer") }}
+{{- fail (printf "service.loadBalancerSourceRanges applies only to service.type LoadBalancer (the API server refuses it on %s): remove it or set service.type=LoadBalancer" $svc.type) }}
+{{- end }}
+{{- if and (eq $svc.type "ClusterIP") (or $svc.nodePorts.grpc $svc.nodePorts.http) }}
+{{- fail "service.nodePorts applies only to service.type NodePort or LoadBalancer: remove them or change service.type" }}
+{{- end }}
+{{- if and $svc.nodePorts.grpc (eq (int $svc.nodePorts.grpc) (int ($svc.nodePorts.http | default 0))) }}
+{{- fail (printf "service.nodePorts.grpc and service.nodePorts.http are both %v: give them different ports" $svc.nodePorts.grpc) }}
+{{- end }}
+{{- $taken := dict "8080" "Ray's metrics port" "6379" "the GCS port" "10001" "the Ray client port" }}
+{{- range $name := list "grpc" "http" "dashboard" }}
+{{- $port := toString (int (get $v.ports $name)) }}
+{{- with get $taken $port }}
+{{- fail (printf "ports.%s %s is already %s on the Ray pods: pick another port" $name $port .) }}
+{{- end }}
+{{- $_ := set $taken $port (printf "ports.%s" $name) }}
+{{- end }}
 {{- end }}
 
 {{- define "mistral-serve.validateCluster" -}}
