@@ -100,6 +100,8 @@ def server(command: list[str], port: int, env: dict[str, str], log: Path
            ) -> Iterator[tuple[str, float]]:
     """Run a server in a process group of its own; yield its model name and ready seconds,
     then stop it as Ctrl-C would (the whole group killed if it lingers)."""
+    if served_model(port) is not None:
+        raise RuntimeError(f"something already serves port {port}: stop it, or pass --port")
     start = time.monotonic()
     with log.open("w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
