@@ -28,7 +28,7 @@ _NEG_INF = float("-inf")
 # Nucleus mass within float32 rounding of top_p counts as reaching it: probabilities like
 # [0.5, 0.3, 0.15, 0.05] with top_p=0.8 keep exactly the first two tokens.
 _TOP_P_EPS = 1e-6
-# exponential_ may return 0 on some backends; 0/0 would be NaN and p/0 would win the race.
+# Noise is kept above 0: 0/0 would be NaN and p/0 would win the race.
 _MIN_NOISE = torch.finfo(torch.float32).tiny
 # Stands in for greedy rows while sampled rows are filtered: temperature 1, no truncation.
 _NEUTRAL = SamplingParams(max_tokens=None)
@@ -178,29 +178,32 @@ def _mask_until_min_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.
     return logits.index_put(index, torch.tensor(_NEG_INF, device=logits.device))
 
 
+def _exponential_noise(shape: tuple[int, ...], device: torch.device,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exp(1) as -log(U): ``exponential_`` costs 25 ns an element on CPU, ``rand`` 3 (64 rows
+    of SmolLM2's vocabulary: 79 ms against 14, as much as the forward of those rows)."""
+    return torch.rand(shape, generator=generator, device=device).log_().neg_()
+
+
 def _exponential_race(
     probs: torch.Tensor, generators: list[torch.Generator | None], sampled_rows: list[int]
 ) -> torch.Tensor:
     """argmax(probs / q), q ~ Exp(1): an exact draw from each row's distribution."""
-    noise = torch.ones_like(probs)
     unseeded = [row for row in sampled_rows if generators[row] is None]
     if len(unseeded) == probs.shape[0]:
-        noise.exponential_()
-    elif unseeded:
-        index = torch.tensor(unseeded, dtype=torch.int64, device=probs.device)
-        noise[index] = torch.empty(
-            (len(unseeded), probs.shape[1]), device=probs.device
-        ).exponential_()
+        noise = _exponential_noise(tuple(probs.shape), probs.device)
+    else:
+        noise = torch.ones_like(probs)
+        if unseeded:
+            index = torch.tensor(unseeded, dtype=torch.int64, device=probs.device)
+            noise[index] = _exponential_noise((len(unseeded), probs.shape[1]), probs.device)
     for row in sampled_rows:
         generator = generators[row]
         if generator is None:
             continue
-        if generator.device == probs.device:
-            noise[row].exponential_(generator=generator)
-        else:
-            # A CPU generator with CUDA logits: draw where the generator lives, then copy.
-            draw = torch.empty(probs.shape[1], device=generator.device)
-            noise[row] = draw.exponential_(generator=generator).to(probs.device)
+        # A CPU generator with CUDA logits draws where the generator lives; copied over.
+        draw = _exponential_noise((probs.shape[1],), generator.device, generator)
+        noise[row] = draw.to(probs.device)
     return (probs / noise.clamp_min_(_MIN_NOISE)).argmax(dim=-1)
 
 
