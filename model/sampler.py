@@ -188,7 +188,8 @@ def _exponential_noise(shape: tuple[int, ...], device: torch.device,
 def _exponential_race(
     probs: torch.Tensor, generators: list[torch.Generator | None], sampled_rows: list[int]
 ) -> torch.Tensor:
-    """argmax(probs / q), q ~ Exp(1): an exact draw from each row's distribution."""
+    """argmax(probs / q), q ~ Exp(1): an exact draw from each row's distribution. A seeded
+    row draws where its generator lives (a CPU generator beside CUDA logits) and is copied."""
     unseeded = [row for row in sampled_rows if generators[row] is None]
     if len(unseeded) == probs.shape[0]:
         noise = _exponential_noise(tuple(probs.shape), probs.device)
@@ -201,7 +202,6 @@ def _exponential_race(
         generator = generators[row]
         if generator is None:
             continue
-        # A CPU generator with CUDA logits draws where the generator lives; copied over.
         draw = _exponential_noise((probs.shape[1],), generator.device, generator)
         noise[row] = draw.to(probs.device)
     return (probs / noise.clamp_min_(_MIN_NOISE)).argmax(dim=-1)
