@@ -53,11 +53,12 @@ class SuffixTrie:
                     break
                 node = child
 
-    def find(self, context: Sequence[int]) -> _Node | None:
-        """The node of the longest suffix of ``context`` (shorter than ``max_depth``) that has
-        a continuation. Having one is monotone in the suffix length (a suffix of a substring
-        that was followed by something was followed by something too), so binary search."""
-        low, high = 0, min(len(context), self.max_depth - 1)
+    def find(self, context: Sequence[int], max_length: int) -> _Node | None:
+        """The node of the longest suffix of ``context`` (at most ``max_length`` long) that
+        has a continuation. Having one is monotone in the suffix length (a suffix of a
+        substring that was followed by something was followed by something too), so binary
+        search."""
+        low, high = 0, min(len(context), max_length, self.max_depth - 1)
         best = None
         while low < high:
             length = (low + high + 1) // 2
@@ -134,8 +135,11 @@ class SuffixProposer:
         state.extend(tokens)
         context = tokens[-(self.max_depth - 1):]
         best: tuple[list[int], float] = ([], 0.0)
+        # The match leaves the tree depth for the continuation: a match 23 deep in a tree 24
+        # deep could propose one token.
+        max_length = max(1, self.max_depth - num_tokens)
         for trie in (state.trie, self.global_trie):
-            node = trie.find(context)
+            node = trie.find(context, max_length)
             if node is not None:
                 found = continuation(node, num_tokens, self.min_token_prob)
                 if found[1] > best[1]:
