@@ -22,6 +22,7 @@ from model.kv_host_tier import HostKVTier, LayerWaits
 from model.mistral import MistralForCausalLM
 from model.sampler import Sampler, SamplingBatch, make_generator
 from model.sampling_params import SamplingParams
+from model.spec_verify import Rows, accepted_tokens, draw_state, replay_draws
 from model.step import NewRequest, SampledToken, StepInput, StepOutput
 
 if TYPE_CHECKING:  # model.grammar imports xgrammar: only on the first request with a format
@@ -51,7 +52,9 @@ def build_step_tensors(step: StepInput, block_size: int, sliding_window: int | N
     """Pack the step's sequences along one token axis.
 
     Example (block_size 4): a sequence with 5 tokens computed, block table [3, 8], and 2 new
-    tokens → positions [5, 6], slots [8*4+1, 8*4+2] = [33, 34], seq_len 7.
+    tokens → positions [5, 6], slots [8*4+1, 8*4+2] = [33, 34], seq_len 7. Had the second
+    token been a draft, both positions would be logits rows (``sampled_request_ids`` names
+    the request once per row).
     """
     input_ids: list[int] = []
     positions: list[int] = []
@@ -74,8 +77,10 @@ def build_step_tensors(step: StepInput, block_size: int, sliding_window: int | N
         query_lens.append(len(seq.token_ids))
         seq_lens.append(end)
         if seq.sample:
-            logits_indices.append(len(input_ids) - 1)
-            sampled.append(seq.request_id)
+            # A sequence with drafts is scored at its last known token and at every draft.
+            num_rows = seq.num_draft_tokens + 1
+            logits_indices.extend(range(len(input_ids) - num_rows, len(input_ids)))
+            sampled.extend([seq.request_id] * num_rows)
     max_blocks = max((len(seq.block_table) for seq in step.sequences), default=0)
     tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table))
               for seq in step.sequences]
@@ -166,7 +171,8 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, step: StepInput, kv_caches: list[torch.Tensor] | None = None
                        ) -> tuple[torch.Tensor, list[str]]:
-        """Logits [num_sampled, vocab] (float32) for the sequences that sample this step.
+        """Logits [num_rows, vocab] (float32) for the sequences that sample this step, and
+        the request of each row (one row per sequence, k + 1 for a sequence with k drafts).
         ``kv_caches``: what ``copy_blocks`` returned for the step, if it moved blocks."""
         graphs = self.decode_graphs
         size = graphs.padded_size(step) if graphs is not None else None
@@ -197,26 +203,67 @@ class ModelRunner:
             return None
         if not request_ids:
             return StepOutput([])
-        states = [self.requests[request_id] for request_id in request_ids]
-        batch = SamplingBatch(
-            params=[s.params for s in states],
-            prompt_token_ids=[s.prompt_token_ids for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
-            generators=[s.generator for s in states],
-            eos_token_id=self.model.config.eos_token_id,
-            grammars=[s.grammar for s in states]
-            if any(s.grammar is not None for s in states) else None,
-        )
+        drafts = {seq.request_id: seq.token_ids[len(seq.token_ids) - seq.num_draft_tokens:]
+                  for seq in step.sequences if seq.sample and seq.num_draft_tokens}
+        rows = self._rows(request_ids, drafts)
+        states = [self.requests[row.request_id] for row in rows]
+        batch = self._sampling_batch(rows, states)
+        saved = [draw_state(s.generator) if row.drafts and not s.params.is_greedy else None
+                 for row, s in zip(rows, states, strict=True)]
         result = self.sampler(logits, batch)
         sampled = []
-        for row, (request_id, state) in enumerate(zip(request_ids, states, strict=True)):
-            token = result.token_ids[row]
-            state.output_token_ids.append(token)
-            if state.grammar is not None:
-                state.grammar.accept(token)
-            sampled.append(SampledToken(
-                request_id, token,
-                result.logprobs[row] if result.logprobs is not None else None,
-                result.top_logprobs[row] if result.top_logprobs is not None else None,
-            ))
+        for row, state, draws in zip(rows, states, saved, strict=True):
+            first = row.first_row
+            emitted = accepted_tokens(result.token_ids[first:first + len(row.drafts) + 1],
+                                      row.drafts)
+            if draws is not None:
+                replay_draws(state.generator, draws, len(emitted), logits.shape[-1])
+            for offset, token in enumerate(emitted):
+                index = first + offset
+                state.output_token_ids.append(token)
+                if state.grammar is not None:
+                    state.grammar.accept(token)
+                sampled.append(SampledToken(
+                    row.request_id, token,
+                    result.logprobs[index] if result.logprobs is not None else None,
+                    result.top_logprobs[index] if result.top_logprobs is not None else None,
+                ))
         return StepOutput(sampled)
+
+    @staticmethod
+    def _rows(request_ids: list[str], drafts: dict[str, list[int]]) -> list[Rows]:
+        rows = []
+        index = 0
+        while index < len(request_ids):
+            request_id = request_ids[index]
+            row = Rows(request_id, index, drafts.get(request_id, []))
+            rows.append(row)
+            index += len(row.drafts) + 1
+        return rows
+
+    def _sampling_batch(self, rows: list[Rows], states: list[RequestState]) -> SamplingBatch:
+        """One sampling row per logits row: row i of a sequence with drafts has the drafts
+        before it in its output history (penalties, min_tokens and bad words see them)."""
+        if all(not row.drafts for row in rows):
+            params = [s.params for s in states]
+            prompts = [s.prompt_token_ids for s in states]
+            outputs = [s.output_token_ids for s in states]
+            generators = [s.generator for s in states]
+            grammars = [s.grammar for s in states]
+        else:
+            params, prompts, outputs, generators, grammars = [], [], [], [], []
+            for row, state in zip(rows, states, strict=True):
+                if row.drafts and state.grammar is not None:
+                    raise ValueError(f"request {row.request_id}: drafts with structured "
+                                     "output (the engine sends none)")
+                for i in range(len(row.drafts) + 1):
+                    params.append(state.params)
+                    prompts.append(state.prompt_token_ids)
+                    outputs.append(state.output_token_ids + row.drafts[:i] if i
+                                   else state.output_token_ids)
+                    generators.append(state.generator)
+                    grammars.append(state.grammar)
+        return SamplingBatch(
+            params=params, prompt_token_ids=prompts, output_token_ids=outputs,
+            generators=generators, eos_token_id=self.model.config.eos_token_id,
+            grammars=grammars if any(g is not None for g in grammars) else None)

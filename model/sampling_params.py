@@ -61,6 +61,9 @@ class SamplingParams:
     bad_words_token_ids: list[list[int]] | None = None
     # The output's format: a JSON schema, any JSON object, a regex, a choice or a grammar.
     structured_outputs: StructuredOutputsParams | None = None
+    # Draft tokens per step for this request when the engine speculates: None follows the
+    # engine's speculative_config, 0 turns speculation off for it, k caps the engine's k.
+    num_speculative_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None:
@@ -114,6 +117,11 @@ class SamplingParams:
                 raise ValueError(
                     f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs}"
                 )
+        if self.num_speculative_tokens is not None:
+            _check_int("num_speculative_tokens", self.num_speculative_tokens)
+            if self.num_speculative_tokens < 0:
+                raise ValueError("num_speculative_tokens must be >= 0 or None, got "
+                                 f"{self.num_speculative_tokens}")
         normalize_masks(self)
 
     @property

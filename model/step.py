@@ -26,6 +26,11 @@ class ScheduledSequence:
     Example: a 40-token prompt with 32 tokens cached from an earlier turn and a chunk budget
     of 8 → ``token_ids`` = prompt[32:40], ``num_computed_tokens`` = 32, ``sample`` = True
     because the chunk reaches the last known token.
+
+    Speculative decoding: the last ``num_draft_tokens`` of ``token_ids`` are drafts. The step
+    scores every position from the last known token on (``num_draft_tokens + 1`` rows) and
+    answers with the target's tokens up to and including the first that differs from its
+    draft: a decode of ``[t, d1, d2]`` whose target picks ``d1`` then ``x`` emits ``[d1, x]``.
     """
 
     request_id: str
@@ -33,6 +38,7 @@ class ScheduledSequence:
     num_computed_tokens: int
     block_table: list[int]
     sample: bool
+    num_draft_tokens: int = 0
 
 
 @dataclass
@@ -72,4 +78,5 @@ class SampledToken:
 
 @dataclass
 class StepOutput:
+    # In step order; a sequence with drafts has one entry per emitted token, in order.
     sampled: list[SampledToken]

@@ -38,6 +38,10 @@ def _service_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
                         help="threads each CPU replica (each tensor-parallel rank) computes "
                              "with (default: the cores it owns; a lone replica uses them all)")
+    parser.add_argument("--speculative-config", default=None, metavar="JSON",
+                        help="speculative decoding, as vLLM names it, e.g. "
+                             "'{\"method\": \"ngram\", \"num_speculative_tokens\": 4}' "
+                             "(methods: ngram, suffix; default: off)")
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +92,8 @@ def serve_config_from(args: argparse.Namespace) -> Any:
 
 def _engine_flags(args: argparse.Namespace) -> dict[str, Any] | None:
     """The engine settings given as flags (None: the engine's defaults)."""
-    flags = {"kv_host_memory": args.kv_host_memory, "cpu_threads": args.cpu_threads}
+    flags = {"kv_host_memory": args.kv_host_memory, "cpu_threads": args.cpu_threads,
+             "speculative_config": args.speculative_config}
     given = {key: value for key, value in flags.items() if value is not None}
     return given or None
 

@@ -29,9 +29,22 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``{"$ref": "#/$defs/X"}`` replaced by X itself (a chart schema has no $defs)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
+
+
 def engine_values_schema() -> dict[str, Any]:
     schema = _plain(EngineOptions.model_json_schema())
-    assert "$defs" not in schema, "nested models in EngineOptions need inlining here"
+    # Nested sections (speculative_config) are inlined.
+    schema = _inline(schema, schema.pop("$defs", {}))
     properties = dict(schema["properties"])
     for key, hint in CHART_OWNED.items():
         properties[key] = {"not": {}, "description": hint}

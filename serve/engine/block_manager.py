@@ -272,6 +272,27 @@ class BlockManager:
         )
         state.num_cached_blocks = num_full_blocks
 
+    def trim(self, request_id: str, num_tokens: int) -> None:
+        """Keep only the blocks that hold the request's first ``num_tokens`` tokens and free
+        the rest: the slots of rejected draft tokens. Those blocks were never hashed (draft
+        tokens are pending to ``allocate_slots``), so nothing leaves the prefix cache.
+
+        Example (block_size 4): 9 tokens computed before a step with 1 + 4 drafts → blocks
+        for 14 tokens [a, b, c, d]; one draft accepted → 11 tokens hold → keep [a, b, c].
+        """
+        state = self._requests.get(request_id)
+        if state is None:
+            return
+        keep = cdiv(num_tokens, self.block_size)
+        if keep >= len(state.block_ids):
+            return
+        if keep < state.num_cached_blocks:
+            raise ValueError("trimming would drop a block already in the prefix cache")
+        tail = state.block_ids[keep:]
+        del state.block_ids[keep:]
+        blocks = self.pool.blocks
+        self.pool.free_blocks([blocks[block_id] for block_id in reversed(tail)])
+
     def free(self, request_id: str) -> None:
         """Release the request's blocks, tail first (evicted first); unknown ids are ignored."""
         state = self._requests.pop(request_id, None)

@@ -8,6 +8,7 @@ the key, instead of inside a replica that Serve would restart forever.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from model.runner_config import RunnerConfig
+from serve.engine.spec_config import SpeculativeConfig
 
 # Past this many sequences a decode step is long enough that launch overhead no longer
 # matters, while every captured size costs graph memory and start-up time.
@@ -53,6 +55,16 @@ ByteCount = Annotated[
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
                               {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"}]}),
 ]
+
+
+def parse_json_object(value: Any) -> Any:
+    """A JSON object given as a string, parsed; anything else is left to the field."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{value!r} is not a JSON object: {exc.msg}") from None
 
 
 class StrictModel(BaseModel):
@@ -126,6 +138,11 @@ class EngineOptions(StrictModel):
     # Threads each rank computes with on a CPU device; None keeps torch's default (one per
     # core, or OMP_NUM_THREADS). The service sets it from the cores a replica owns.
     cpu_threads: int | None = Field(None, ge=1)
+    # Speculative decoding, as vLLM names it: e.g. {"method": "ngram",
+    # "num_speculative_tokens": 4} (serve/engine/spec_config.py); None: off. A JSON string
+    # is read as its object (the CLI flag and environment values are strings).
+    speculative_config: Annotated[SpeculativeConfig | None,
+                                  BeforeValidator(parse_json_object)] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineOptions:

@@ -21,6 +21,13 @@ preempts: short of blocks, it launches the requests that got theirs (the rest wa
 keeping their blocks), and when none did, the loop collects N first and schedules in series.
 So every block a pass registers in the prefix cache belongs to a step that runs: a request
 whose blocks were allocated in a pass is computed by that pass's step.
+
+Speculative decoding (``speculative_config``): a decoding request may carry draft tokens
+that the step verifies (model/spec_verify.py), emitting one to k + 1 tokens. Collect rolls
+``num_computed_tokens`` back past the rejected drafts and frees their blocks. A step with
+drafts is never chained ahead of (how many of its tokens hold is unknown until it answers),
+and while the speculator is on for the batch size the loop runs in series, so drafts are
+proposed from every token known.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 from model.config import ModelConfig
 from model.sampling_params import SamplingParams
-from model.step import NewRequest, ScheduledSequence, StepInput, StepOutput
+from model.step import NewRequest, SampledToken, ScheduledSequence, StepInput, StepOutput
 from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
@@ -41,10 +48,12 @@ from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooL
 from serve.engine.executor import Executor, host_tier_size
 from serve.engine.kv_events import KVEventSink
 from serve.engine.kv_stats import KVTierStats, tier_stats
-from serve.engine.output import OutputProcessor, finished_status
+from serve.engine.output import OutputProcessor
 from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
-from serve.engine.scheduler import Scheduler, SchedulerOutput
+from serve.engine.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from serve.engine.speculator import SpecCounters, Speculator
 from serve.engine.step_runner import PENDING_TOKEN, InlineStepRunner, StepRunner
+from serve.engine.token_apply import append_tokens, take_back
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,11 @@ class EngineStats(KVTierStats):
     # Requests aborted since the engine started (caller left, cancelled): a cancellation
     # that never reached the engine shows as a request that ran to its end instead.
     num_aborted: int = 0
+    # Speculative decoding since the engine started: verification rows (a request's step
+    # with drafts), draft tokens proposed, and accepted.
+    num_spec_drafts: int = 0
+    num_spec_draft_tokens: int = 0
+    num_spec_accepted_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -72,10 +86,12 @@ class Launched:
 
     scheduled: SchedulerOutput
     result: concurrent.futures.Future[StepOutput]
+    has_drafts: bool = False
 
 
-# A collected token waiting to be rendered: the request, the token, its logprobs entry.
-Collected = tuple[Request, int, dict[int, float] | None]
+# Collected tokens waiting to be rendered: the request, its new tokens (one, or up to k + 1
+# from a step with drafts), their logprobs entries (None: not asked for).
+Collected = tuple[Request, list[int], list[dict[int, float]] | None]
 
 
 class LLMEngine:
@@ -90,8 +106,11 @@ class LLMEngine:
         num_host_blocks, self.host_block_bytes = host_tier_size(executor)
         self.block_manager = BlockManager(executor.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching, num_host_blocks)
+        spec = config.speculative_config
+        self.speculator = Speculator(spec) if spec is not None else None
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens, config.max_waiting_requests)
+                                   config.max_num_batched_tokens, config.max_waiting_requests,
+                                   self.speculator)
         self.outputs = OutputProcessor(tokenizer)
         # Logit masks and grammars, checked (and grammars compiled) when a request is added.
         self.constraints = RequestConstraints(tokenizer, model_config.vocab_size,
@@ -172,6 +191,8 @@ class LLMEngine:
     def _finish(self, request: Request, status: RequestStatus, error: str | None = None
                 ) -> None:
         self.scheduler.finish(request, status)
+        if self.speculator is not None:
+            self.speculator.finish(request)
         if error is not None:
             request.error = error
         self.requests.pop(request.request_id, None)
@@ -205,7 +226,8 @@ class LLMEngine:
         if between is not None:
             between()
         following = None
-        if launched is not None and self.step_runner.chains:
+        if launched is not None and self.step_runner.chains and not launched.has_drafts \
+                and not self._speculating():
             following = self.launch(ahead=True)
         collected = [] if launched is None else self.collect(launched)
         if following is None and self.has_unfinished_requests():
@@ -221,7 +243,13 @@ class LLMEngine:
         if not scheduled.scheduled:
             return None
         step, pending = self._build_step(scheduled)
-        return Launched(scheduled, self.step_runner.submit(step, pending))
+        has_drafts = any(item.draft_token_ids for item in scheduled.scheduled)
+        return Launched(scheduled, self.step_runner.submit(step, pending), has_drafts)
+
+    def _speculating(self) -> bool:
+        """Whether the next step may carry drafts (then it is scheduled in series)."""
+        return self.speculator is not None and \
+            self.speculator.enabled_for_batch(len(self.scheduler.running))
 
     def collect(self, launched: Launched) -> list[Collected]:
         """Wait for the step's tokens and apply them; a failed step fails every request."""
@@ -233,47 +261,54 @@ class LLMEngine:
                 self.dead_reason = f"model execution failed: {exc}"
             self._pending_outputs.extend(self.fail_all(self.dead_reason))
             return []
-        sampled = {token.request_id: token for token in result.sampled}
+        sampled: dict[str, list[SampledToken]] = {}
+        for token in result.sampled:
+            sampled.setdefault(token.request_id, []).append(token)
         collected: list[Collected] = []
-        max_model_len = self.max_model_len
         for item in launched.scheduled.scheduled:
             if not item.samples:
                 continue  # mid-prefill
             request = item.request
             request.num_pending_tokens -= 1
-            token = sampled.get(request.request_id)
-            if token is None or request.status in FINISHED:
+            tokens = sampled.get(request.request_id)
+            if item.draft_token_ids and tokens:
+                self._settle_drafts(item, len(tokens) - 1)
+            if tokens is None or request.status in FINISHED:
                 continue  # finished since the launch: its token is dropped
-            token_id = token.token_id
-            request.append_token(token_id)
-            entry = None
-            if request.logprobs is not None and token.logprob is not None:
-                entry = dict(token.top_logprobs or [])
-                entry[token_id] = token.logprob
-                request.logprobs.append(entry)
-                request.cumulative_logprob = (request.cumulative_logprob or 0.0) + token.logprob
-            status = finished_status(request, token_id, max_model_len)
+            token_ids, entries, status = append_tokens(request, tokens, self.max_model_len)
             if status is not None:
                 self._finish(request, status)
-            collected.append((request, token_id, entry))
+            collected.append((request, token_ids, entries))
         return collected
+
+    def _settle_drafts(self, item: ScheduledRequest, num_accepted: int) -> None:
+        """Roll the request back past its rejected drafts: their KV is garbage, and the
+        blocks that held only them go back to the pool (they were never hashed)."""
+        request = item.request
+        num_rejected = len(item.draft_token_ids) - num_accepted
+        request.num_computed_tokens -= num_rejected
+        self.block_manager.trim(request.request_id, request.num_computed_tokens)
+        assert self.speculator is not None
+        self.speculator.record(request, len(item.draft_token_ids), num_accepted)
 
     def render(self, collected: list[Collected]) -> list[RequestOutput]:
         """Text and outputs for collected tokens, after the outputs made in between (aborts,
         failures); a request whose finished output was already made is skipped."""
         outputs, self._pending_outputs = self._pending_outputs, []
         make_output, add_tokens = self.outputs.make_output, self.outputs.add_tokens
-        for request, token_id, entry in collected:
+        for request, token_ids, entries in collected:
             if request.final_emitted:
                 continue
-            new_token_ids = [token_id]
-            delta_text, stopped = add_tokens(request, new_token_ids)
+            if len(token_ids) > 1 and request.params.stop:
+                delta_text, stopped, keep = self.outputs.add_run(request, token_ids)
+                take_back(request, token_ids, entries, keep)
+            else:
+                delta_text, stopped = add_tokens(request, token_ids)
             if stopped and not request.is_finished:
                 self._finish(request, RequestStatus.FINISHED_STOPPED)
             elif stopped:
                 request.status = RequestStatus.FINISHED_STOPPED
-            outputs.append(make_output(request, new_token_ids, delta_text,
-                                       [entry] if entry is not None else None))
+            outputs.append(make_output(request, token_ids, delta_text, entries))
         self._publish_events()
         return outputs
 
@@ -292,9 +327,11 @@ class LLMEngine:
                 request.sent_to_runner = True
             start = request.num_computed_tokens
             num_new = item.num_new_tokens
-            token_ids = request.token_ids[start:start + num_new]
+            drafts = item.draft_token_ids
+            token_ids = request.token_ids[start:start + num_new - len(drafts)]
+            token_ids.extend(drafts)
             seq = ScheduledSequence(request.request_id, token_ids, start, item.block_table,
-                                    item.samples)
+                                    item.samples, len(drafts))
             if len(token_ids) < num_new:  # the last token is the one the step before samples
                 token_ids.append(PENDING_TOKEN)
                 pending.append(seq)
@@ -319,6 +356,7 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         manager = self.block_manager
+        spec = self.speculator.counters if self.speculator is not None else SpecCounters()
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
@@ -328,5 +366,8 @@ class LLMEngine:
             num_cached_blocks=manager.num_cached_blocks,
             num_kv_tokens=self.kv_capacity_tokens,
             num_aborted=self.num_aborted,
+            num_spec_drafts=spec.num_drafts,
+            num_spec_draft_tokens=spec.num_draft_tokens,
+            num_spec_accepted_tokens=spec.num_accepted_tokens,
             **asdict(tier_stats(manager, self.host_block_bytes)),
         )

@@ -56,16 +56,20 @@ class OutputProcessor:
             self._states[request.request_id] = state
         return state
 
-    def add_tokens(self, request: Request, new_token_ids: list[int]) -> tuple[str, bool]:
+    def add_tokens(self, request: Request, new_token_ids: list[int], last: bool = True
+                   ) -> tuple[str, bool]:
         """The text the tokens add that may be streamed now, and whether a stop string
-        finished the request (its ``stop_reason`` is then set)."""
+        finished the request (its ``stop_reason`` is then set). ``last=False``: more tokens
+        of the same step follow (a verified draft run is checked token by token), so a
+        finished request is not flushed yet."""
         state = self._states.get(request.request_id) or self._state(request)
+        finished = last and request.status in FINISHED
         detokenizer = state.detokenizer
         if len(new_token_ids) == 1:  # every decode step
             new = detokenizer.step(new_token_ids[0])
         else:
             new = "".join([detokenizer.step(token_id) for token_id in new_token_ids])
-        if request.status in FINISHED:
+        if finished:
             new += detokenizer.flush()
         stops = state.stops
         if stops is None:
@@ -81,7 +85,7 @@ class OutputProcessor:
             assert result.match is not None
             delta, state.held = window[base:max(base, result.match.truncate_to)], ""
             request.stop_reason = result.match.stop_str
-        elif request.is_finished:  # held-back text was no stop string after all
+        elif finished:  # held-back text was no stop string after all
             delta, state.held = window[base:], ""
         else:
             emit = max(base, result.emit_len)
@@ -90,6 +94,19 @@ class OutputProcessor:
             state.pieces.append(delta)
             state.tail = (tail + delta)[-(stops.max_len - 1):] if stops.max_len > 1 else ""
         return delta, stopped
+
+    def add_run(self, request: Request, token_ids: list[int]) -> tuple[str, bool, int]:
+        """``add_tokens`` for a verified run, checked for stop strings after each token as
+        plain decoding would: returns the text, whether a stop string finished the request,
+        and how many of the tokens it keeps (up to the one that completed the stop string)."""
+        text = []
+        for index, token_id in enumerate(token_ids):
+            delta, stopped = self.add_tokens(request, [token_id],
+                                             last=index == len(token_ids) - 1)
+            text.append(delta)
+            if stopped:
+                return "".join(text), True, index + 1
+        return "".join(text), False, len(token_ids)
 
     def make_output(self, request: Request, new_token_ids: list[int], delta_text: str = "",
                     delta_logprobs: list[dict[int, float]] | None = None) -> RequestOutput:
@@ -110,7 +127,8 @@ class OutputProcessor:
         cached = request.num_cached_tokens
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              [completion], finished, cached if cached > 0 else 0,
-                             request.error)
+                             request.error, request.num_draft_tokens,
+                             request.num_accepted_draft_tokens)
 
 
 def finished_status(request: Request, token_id: int, max_model_len: int) -> RequestStatus | None:

@@ -62,6 +62,9 @@ class Request:
     stop_reason: str | int | None = None
     # Set once the finished output has been made: nothing more is emitted for the request.
     final_emitted: bool = False
+    # Speculative decoding: the request's totals of proposed and accepted draft tokens.
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -127,6 +130,10 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     error: str | None = None
+    # Speculative decoding so far: draft tokens proposed for the request and accepted (the
+    # OpenAI layer may report them; the mean accepted per step is in the engine's stats).
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
 
     @property
     def usage(self) -> dict[str, int]:
@@ -152,4 +159,5 @@ def coalesce(outputs: list[RequestOutput]) -> RequestOutput:
         delta_logprobs=[e for part in parts for e in part.delta_logprobs],
         num_tokens=merged.num_tokens)
     return RequestOutput(last.request_id, last.prompt, last.prompt_token_ids, [combined],
-                         last.finished, last.num_cached_tokens, last.error)
+                         last.finished, last.num_cached_tokens, last.error,
+                         last.num_draft_tokens, last.num_accepted_draft_tokens)

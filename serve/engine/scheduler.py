@@ -5,6 +5,12 @@ unfinished prefill takes what budget is left: that is chunked prefill), then adm
 requests while budget, sequence slots and KV blocks remain. When a running request cannot
 get a block, the most recently admitted running request is preempted: its blocks are freed
 (they stay in the prefix cache) and it is recomputed later.
+
+With a speculator, a decoding request may also get draft tokens (serve/engine/speculator.py):
+it then computes ``1 + len(drafts)`` tokens, the drafts' slots allocated as pending tokens
+(never hashed), and when blocks are short its drafts go first, before anyone is preempted.
+Steps scheduled ahead get no drafts: the step before is still deciding how many of its
+tokens hold.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from serve.engine.block_manager import BlockManager
 from serve.engine.errors import QueueFullError
 from serve.engine.request import Request, RequestStatus
+from serve.engine.speculator import Speculator
 
 
 @dataclass(slots=True)
@@ -24,6 +31,8 @@ class ScheduledRequest:
     block_table: list[int]
     # The chunk reaches the request's last token (known or pending), so the step samples one.
     samples: bool
+    # Draft tokens after the last known one (a decode with drafts; verified at collect).
+    draft_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -42,8 +51,10 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_waiting_requests: int) -> None:
+                 max_num_batched_tokens: int, max_waiting_requests: int,
+                 speculator: Speculator | None = None) -> None:
         self.block_manager = block_manager
+        self.speculator = speculator
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_waiting_requests = max_waiting_requests
@@ -73,6 +84,9 @@ class Scheduler:
         index = 0
         allocate = self.block_manager.allocate_slots
         running = self.running
+        speculator = self.speculator
+        if speculator is not None and (ahead or not speculator.enabled_for_batch(len(running))):
+            speculator = None
         while index < len(running) and budget > 0:
             request = running[index]
             pending = request.num_pending_tokens
@@ -81,9 +95,20 @@ class Scheduler:
                 continue
             num_known = len(request.token_ids) + pending
             num_new = min(num_known - request.num_computed_tokens, budget)
+            drafts: list[int] = []
+            if speculator is not None and num_new == 1 and not pending:
+                # Every emitted token counts against max_tokens: the bonus token and drafts.
+                room = request.max_tokens - request.num_output_tokens - 1
+                drafts = speculator.draft(request, min(room, budget - 1))
             # The common case first, one call; short of blocks, preempt and retry.
             table = allocate(request.request_id, request.token_ids, request.num_computed_tokens,
-                             num_new, num_pending_tokens=pending)
+                             num_new + len(drafts), num_pending_tokens=pending + len(drafts))
+            if table is not None and drafts:
+                num_new += len(drafts)
+            elif table is None and drafts:  # drafts are the first thing to give up
+                drafts = []
+                table = allocate(request.request_id, request.token_ids,
+                                 request.num_computed_tokens, num_new)
             if table is None:
                 if ahead:
                     out.incomplete = True
@@ -92,7 +117,8 @@ class Scheduler:
             if table is None:
                 break
             out.scheduled.append(ScheduledRequest(
-                request, num_new, table, request.num_computed_tokens + num_new == num_known))
+                request, num_new, table,
+                request.num_computed_tokens + num_new == num_known + len(drafts), drafts))
             budget -= num_new
             index += 1
         if out.preempted:
