@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.sampler import exponential_noise
+
 
 @dataclass
 class Rows:
@@ -54,6 +56,5 @@ def replay_draws(generator: torch.Generator, state: torch.Tensor, num_draws: int
     """Rewind ``generator`` to ``state`` and make the ``num_draws`` noise draws (each
     ``width`` wide) that plain decoding would have made for the emitted tokens."""
     generator.set_state(state)
-    noise = torch.empty(width, device=generator.device)
     for _ in range(num_draws):
-        noise.exponential_(generator=generator)
+        exponential_noise((width,), generator.device, generator)

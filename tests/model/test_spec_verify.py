@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from model.sampler import Sampler, SamplingBatch
+from model.sampler import Sampler, SamplingBatch, exponential_noise
 from model.sampling_params import SamplingParams
 from model.spec_verify import accepted_tokens, draw_state, replay_draws
+
+CPU = torch.device("cpu")
 
 NUM_TRIALS = 20000
 # The chi-square statistic that 5 categories (4 degrees of freedom) exceed by chance with
@@ -77,12 +79,12 @@ def test_replay_leaves_the_generator_where_plain_decoding_would() -> None:
     width = 10
     plain = torch.Generator().manual_seed(5)
     for _ in range(2):
-        torch.empty(width).exponential_(generator=plain)
+        exponential_noise((width,), CPU, plain)
     spec = torch.Generator().manual_seed(5)
     state = draw_state(spec)
     for _ in range(4):  # four rows drawn, two tokens emitted
-        torch.empty(width).exponential_(generator=spec)
+        exponential_noise((width,), CPU, spec)
     assert state is not None
     replay_draws(spec, state, 2, width)
-    assert torch.equal(torch.empty(width).exponential_(generator=spec),
-                       torch.empty(width).exponential_(generator=plain))
+    assert torch.equal(exponential_noise((width,), CPU, spec),
+                       exponential_noise((width,), CPU, plain))
