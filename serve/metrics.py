@@ -128,10 +128,21 @@ class ServerMetrics:
         self.tier_bytes = _make("Counter", "kv_tier_bytes", "Bytes of KV moved between the "
                                 "device and the host tier (all ranks), by direction.",
                                 tag_keys=("direction",))
+        self.spec_drafts = _make("Counter", "spec_decode_drafts", "Decode steps of a "
+                                 "request that verified draft tokens (speculative decoding).")
+        self.spec_draft_tokens = _make("Counter", "spec_decode_draft_tokens", "Draft tokens "
+                                       "proposed and verified.")
+        self.spec_accepted_tokens = _make("Counter", "spec_decode_accepted_tokens", "Draft "
+                                          "tokens the target model accepted.")
+        self.spec_acceptance_rate = _make("Gauge", "spec_decode_acceptance_rate", "Accepted "
+                                          "/ proposed draft tokens since the replica started.")
+        self.spec_mean_accepted = _make("Gauge", "spec_decode_mean_accepted_tokens", "Draft "
+                                        "tokens accepted per drafted step, on average.")
         self._prompt_total = 0
         self._cached_total = 0
-        # The engine's tier counters at the previous poll: counters advance by the difference.
-        self._last_tier_totals: dict[str, int] = {}
+        # The engine's cumulative counters at the previous poll: counters advance by the
+        # difference.
+        self._last_totals: dict[str, int] = {}
 
     @_never_raises
     def record_request(self, record: RequestRecord) -> None:
@@ -166,6 +177,26 @@ class ServerMetrics:
         self.num_waiting.set(stats.num_waiting)
         self.num_running.set(stats.num_running)
         self._record_tiers(stats)
+        self._record_speculation(stats)
+
+    def _advance(self, name: str, counter: Any, total: int,
+                 tags: dict[str, str] | None = None) -> None:
+        delta = total - self._last_totals.get(name, 0)
+        if delta > 0:
+            counter.inc(delta, tags=tags)
+        self._last_totals[name] = total
+
+    def _record_speculation(self, stats: Any) -> None:
+        if not stats.num_spec_drafts:
+            return
+        self._advance("num_spec_drafts", self.spec_drafts, stats.num_spec_drafts)
+        self._advance("num_spec_draft_tokens", self.spec_draft_tokens,
+                      stats.num_spec_draft_tokens)
+        self._advance("num_spec_accepted_tokens", self.spec_accepted_tokens,
+                      stats.num_spec_accepted_tokens)
+        self.spec_acceptance_rate.set(stats.num_spec_accepted_tokens
+                                      / max(stats.num_spec_draft_tokens, 1))
+        self.spec_mean_accepted.set(stats.num_spec_accepted_tokens / stats.num_spec_drafts)
 
     def _record_tiers(self, stats: Any) -> None:
         if stats.num_prefix_query_tokens:
@@ -182,11 +213,7 @@ class ServerMetrics:
                 ("num_restored_blocks", self.restored_blocks, None),
                 ("kv_bytes_offloaded", self.tier_bytes, {"direction": "offload"}),
                 ("kv_bytes_restored", self.tier_bytes, {"direction": "restore"})):
-            total = getattr(stats, name)
-            delta = total - self._last_tier_totals.get(name, 0)
-            if delta > 0:
-                counter.inc(delta, tags=tags)
-            self._last_tier_totals[name] = total
+            self._advance(name, counter, getattr(stats, name), tags)
 
 
 class RouterMetrics:
