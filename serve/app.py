@@ -14,11 +14,11 @@ from ray.serve.config import RequestRouterConfig
 from model.config import ModelConfig
 from serve.autoscaling import autoscaling_policy_config
 from serve.config import IngressSettings, ServeConfig
-from serve.ingress import Ingress
-from serve.llm_server import LLMServer
+from serve.ingress.deployment import Ingress
+from serve.server.deployment import LLMServer
 
-GRPC_SERVICER = "serve.grpc_service.add_llm_service_to_server"
-ROUTER_PATH = "serve.router:PrefixSessionRouter"
+GRPC_SERVICER = "serve.ingress.grpc_service.add_llm_service_to_server"
+ROUTER_PATH = "serve.routing.router:PrefixSessionRouter"
 
 
 def _cluster_has_gpus() -> bool:
@@ -49,7 +49,7 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     tp = config.tensor_parallel_size
     gpu = uses_gpus(config)
     options: dict[str, Any] = {
-        # Each Ingress replica's output channel holds one call open (serve/output_channel.py).
+        # Each Ingress replica's output channel holds one call open (serve/server/channel.py).
         "max_ongoing_requests": config.replica_max_ongoing_requests
         + (config.ingress_replicas if config.prefix_routing else 0),
         "max_queued_requests": config.caller_max_queued_requests,

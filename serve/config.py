@@ -170,8 +170,8 @@ class IngressSettings(StrictModel):
     api_key: str | None = None
     limits: Limits = Field(default_factory=Limits)
     # Stream items per second this Ingress replica sends its proxies, shared by its
-    # streams (serve/chunk_stream.py).
+    # streams (serve/ingress/collector.py).
     stream_items_per_s: float = Field(1000.0, gt=0)
-    # One output channel per LLMServer replica carries the chunks (serve/ingress_channels.py);
+    # One output channel per LLMServer replica carries the chunks (serve/ingress/channels.py);
     # it needs the prefix router, which pins a channel to its replica.
     output_channels: bool = True

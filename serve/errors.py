@@ -39,7 +39,7 @@ REPLICA_FAILED = "the replica serving this request failed; retry"
 
 class StreamLostError(RuntimeError):
     """A request's output stopped coming before its end: the channel carrying it went
-    away (serve/ingress_channels.py). Retryable, like a failed replica."""
+    away (serve/ingress/channels.py). Retryable, like a failed replica."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.errors import InvalidRequestError
 from serve.engine.scheduler import SchedulerOutput
 from serve.llm import LLM
-from serve.stream_interleave import interleave
+from serve.server.interleave import interleave
 from tests.engine.helpers import assert_all_blocks_free
 
 

@@ -18,7 +18,7 @@ SERVER_AND_CLIENT = textwrap.dedent('''
     import grpc
     from ray.serve._private.grpc_util import gRPCGenericServer
     from serve.grpc_api import llm_pb2, llm_pb2_grpc
-    from serve.grpc_service import add_llm_service_to_server
+    from serve.ingress.grpc_service import add_llm_service_to_server
 
     seen = {}
 

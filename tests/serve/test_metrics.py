@@ -147,8 +147,8 @@ def test_each_request_is_recorded_once_with_its_outcome(
 
     from model.sampling_params import SamplingParams
     from serve.engine.config import EngineConfig
-    from serve.llm_server import LLMServer
     from serve.protocol import ServeRequest
+    from serve.server.deployment import LLMServer
 
     server = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
                                                   device="cpu", num_kv_blocks=64))

@@ -26,7 +26,7 @@ def params(max_tokens: int, n: int = 1) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def server(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[object]:
-    from serve.llm_server import LLMServer
+    from serve.server.deployment import LLMServer
 
     server = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
                                                   device="cpu", num_kv_blocks=64))
@@ -178,7 +178,7 @@ def test_on_its_own_call_a_requests_end_does_not_wait_for_its_turn(ray_cluster: 
                                                                    ) -> None:
     """A stream with no channel is paced by the replica's budget; its end goes out as it
     comes, not one gap (here 20 s) after the previous item."""
-    from serve.llm_server import LLMServer
+    from serve.server.deployment import LLMServer
 
     slow = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
                                                 device="cpu", num_kv_blocks=64),

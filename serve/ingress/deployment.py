@@ -22,9 +22,7 @@ from ray import serve
 
 from model.sampling_params import SamplingParams
 from model.tokenizer import load_model_tokenizer
-from serve.chunk_stream import CHANNEL_END_GRACE_S, CoalescingStream
 from serve.config import IngressSettings
-from serve.convert import chat_messages, check_identifier, response, sampling_params
 from serve.engine.block_hash import hash_prompt_blocks
 from serve.errors import (
     RequestTooLargeError,
@@ -36,8 +34,10 @@ from serve.errors import (
     invalid,
 )
 from serve.grpc_api import llm_pb2
-from serve.grpc_service import MalformedRequest
-from serve.ingress_channels import IngressChannels
+from serve.ingress.channels import IngressChannels
+from serve.ingress.collector import CHANNEL_END_GRACE_S, CoalescingStream
+from serve.ingress.convert import chat_messages, check_identifier, response, sampling_params
+from serve.ingress.grpc_service import MalformedRequest
 from serve.protocol import ServeChunk, ServeRequest
 from serve.stream_pacing import StreamPacer
 
@@ -225,7 +225,7 @@ class Ingress:
 
     def open_stream(self, serve_request: ServeRequest) -> CoalescingStream:
         """The LLMServer's chunks for the request, paced and coalesced
-        (serve/chunk_stream.py), from its call or this Ingress's output channel."""
+        (serve/ingress/collector.py), from its call or this Ingress's output channel."""
         channels = self.channels
         if channels is None:
             return CoalescingStream(self.llm.generate.remote(serve_request), self.pacer)

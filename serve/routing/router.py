@@ -4,11 +4,11 @@ Ranking for each request: (1) the replica its session was served by, (2) the rep
 where its prompt's cached prefix saves the most prefill (device blocks, then host blocks at
 the price of their copy), (3) the less loaded of two random replicas; a replica at its
 load cap is skipped by (1) and (2). The decision itself is the pure
-``serve.routing_policy`` (tested without Serve); this module gathers its inputs from the
+``serve.routing.policy`` (tested without Serve); this module gathers its inputs from the
 prefix index and Serve's queue lengths, and records the outcome. With one candidate there
 is nothing to rank, and the index is not asked.
 
-An Ingress's output channel (``ChannelOpen``, serve/ingress_channels.py) goes to the
+An Ingress's output channel (``ChannelOpen``, serve/ingress/channels.py) goes to the
 replica it names, and only there.
 """
 
@@ -30,7 +30,7 @@ from serve.metrics import router_metrics
 from serve.prefix_index.access import RouterIndex
 from serve.prefix_index.base import TierMatch
 from serve.protocol import ChannelOpen, ServeRequest
-from serve.routing_policy import (
+from serve.routing.policy import (
     ReplicaLoad,
     RoutingDecision,
     RoutingPolicy,

@@ -1,6 +1,6 @@
 """The Ingress's ends of its output channels: one per LLMServer replica it streams from.
 
-A channel (serve/output_channel.py) is a long-lived Serve call to one replica, pinned there
+A channel (serve/server/channel.py) is a long-lived Serve call to one replica, pinned there
 by the router (``ChannelOpen``), whose items carry the chunks of every request of this
 Ingress on that replica. Requests name the channel (``ServeRequest.channel_id``); a replica
 that holds it sends their chunks there, one that does not answers on the request's own
@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from serve.chunk_stream import CoalescingStream
+from serve.ingress.collector import CoalescingStream
 from serve.protocol import ChannelOpen, ServeChunk
 
 logger = logging.getLogger(__name__)

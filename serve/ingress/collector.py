@@ -2,7 +2,7 @@
 
 A request's chunks reach its stream two ways: from the request's own Serve call (read
 ahead by a task of its own), or pushed by the Ingress's output channel to the replica
-(serve/ingress_channels.py), which then carries them instead. Each read takes everything
+(serve/ingress/channels.py), which then carries them instead. Each read takes everything
 waiting of one choice and returns it as one chunk (``merge_chunks``).
 
 Reads are paced by the Ingress's item budget (serve/stream_pacing.py): after a chunk, the

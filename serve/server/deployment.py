@@ -21,11 +21,11 @@ from serve.engine.factory import create_engine
 from serve.engine.request import RequestOutput
 from serve.errors import ServiceError, Status
 from serve.metrics import ServerMetrics
-from serve.output_channel import ChannelClosedError, OutputChannel
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
-from serve.server_outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
-from serve.stream_interleave import interleave
+from serve.server.channel import ChannelClosedError, OutputChannel
+from serve.server.interleave import interleave
+from serve.server.outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
 from serve.stream_pacing import StreamPacer, StreamPause
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class LLMServer:
         """Stream the request's output; errors arrive as a final chunk with error_code.
 
         With the request's output channel open here, the chunks go there instead and this
-        call ends, with nothing, once the final one is sent (serve/output_channel.py)."""
+        call ends, with nothing, once the final one is sent (serve/server/channel.py)."""
         self._ensure_resync()
         timing = RequestTiming(time.perf_counter())
         channel = self.channels.get(request.channel_id) if request.channel_id else None
@@ -198,7 +198,7 @@ class LLMServer:
                            f"internal error (request {request.request_id}); retry later")
 
     async def channel(self, opening: ChannelOpen) -> AsyncIterator[ChannelBatch]:
-        """An Ingress's output channel on this replica (serve/output_channel.py): an empty
+        """An Ingress's output channel on this replica (serve/server/channel.py): an empty
         item once it is open, then the chunks of the requests that name it. Ends at once
         when sent to another replica, and by itself when idle."""
         if opening.replica_id != self.replica_id:

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve.chunk_stream import CoalescingStream
 from serve.errors import Status, StreamLostError
+from serve.ingress.collector import CoalescingStream
 from serve.protocol import ServeChunk
 from serve.stream_pacing import StreamPacer
 
