@@ -234,6 +234,10 @@ class LLMServer:
         stats = await self._engine_stats()
         return {"replica_id": self.replica_id, **stats.__dict__}
 
+    async def ready(self) -> bool:
+        """Whether this replica serves (the Ingress's readiness asks it through Serve)."""
+        return self.engine.dead_reason is None
+
     async def check_health(self) -> None:
         """Serve replaces the replica when this raises."""
         self._ensure_resync()
