@@ -29,9 +29,6 @@ def _cluster_has_gpus() -> bool:
 # CPU replicas share the machine's cores (torch uses all of them whatever Ray books), so
 # each books half a CPU: two replicas and the Ingress fit a 2-core machine.
 CPU_REPLICA_CPUS = 0.5
-# The default stream item budgets of one replica (ServeConfig.stream_items_per_s).
-GPU_STREAM_ITEMS_PER_S = 1000.0
-CPU_STREAM_ITEMS_PER_S = 250.0
 INGRESS_CPUS = 0.25
 # How long Serve gives a draining Ingress replica before killing it: above its own drain of
 # the streams in flight (serve/ingress/deployment.py).
@@ -111,10 +108,8 @@ def build_app(config: ServeConfig) -> Any:
     model_config = ModelConfig.from_pretrained(model)
     engine = config.engine_config(model)
     max_model_len = engine.max_model_len or model_config.max_position_embeddings
-    items_per_s = config.stream_items_per_s or (
-        GPU_STREAM_ITEMS_PER_S if uses_gpus(config) else CPU_STREAM_ITEMS_PER_S)
     llm = LLMServer.options(**llm_server_options(config)).bind(
-        engine, config.redis_url, config.index_resync_s, items_per_s)
+        engine, config.redis_url, config.index_resync_s)
     settings = IngressSettings(
         model_name=config.model or "SmolLM2-135M-Instruct",
         tokenizer=engine.tokenizer or engine.model, block_size=engine.block_size,

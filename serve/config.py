@@ -96,11 +96,8 @@ class ServeConfig(StrictModel):
     prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
-    # Stream items per second one Ingress replica sends its proxies in all (and one
-    # LLMServer replica on the streams it serves without an output channel); streams share
-    # it, so under load each item carries several tokens (serve/stream_pacing.py). None:
-    # 1000 on GPUs; 250 on CPUs, where every item's path (a Serve hop, a message) takes CPU
-    # from the engine itself (bench/results/cpu-2core-request-path.jsonl).
+    # Ignored, kept so that configs written for older versions still load: streams are no
+    # longer rationed (each gets at most one item per engine step; serve/ingress/collector.py).
     stream_items_per_s: float | None = Field(None, gt=0)
     # Requests one LLMServer replica holds at once; None: what its engine can hold, running
     # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps

@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -26,7 +26,6 @@ from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
 from serve.server.channel import ChannelClosedError, OutputChannel
 from serve.server.interleave import interleave
 from serve.server.outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
-from serve.stream_pacing import StreamPacer, StreamPause
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,7 @@ METRICS_PERIOD_S = 5.0
 @serve.deployment(name="LLMServer")
 class LLMServer:
     def __init__(self, config: EngineConfig, redis_url: str | None = None,
-                 index_resync_s: float = 30.0,
-                 stream_items_per_s: float = 1000.0) -> None:
+                 index_resync_s: float = 30.0) -> None:
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (tests, benchmarks)
@@ -48,7 +46,6 @@ class LLMServer:
         self.engine = AsyncLLMEngine(engine)
         self.model_config = engine.model_config
         self.index_resync_s = index_resync_s
-        self.pacer = StreamPacer(stream_items_per_s)
         self.channels: dict[str, OutputChannel] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self.metrics = ServerMetrics()
@@ -104,28 +101,21 @@ class LLMServer:
         channel = self.channels.get(request.channel_id) if request.channel_id else None
         if channel is not None and channel.closed:  # closing: the call carries the chunks
             channel = None
-        pacer = self.pacer
-        pacer.live += channel is None
         try:
             if channel is not None:
                 await self._on_channel(request, channel, timing)
                 return
             choices = ChoiceUsage(request.params.n)
-            # A choice's end (or an error) goes out without waiting its turn; after one,
-            # the rest of the request does too.
-            pause = StreamPause(pacer)
-            async for index, output in self._outputs(request, pause.end):
+            # One item per engine step (what the engine handed over since the last read).
+            async for index, output in self._outputs(request):
                 chunk = self._chunk_of(request, timing, choices, index, output)
                 yield chunk
                 if chunk.error_code is not None:
                     break  # the other choices are cancelled on the way out
-                if not chunk.final:
-                    await pause.after(time.monotonic())
         except Exception as exc:
             timing.failed = True
             yield self._error_for(request, exc)
         finally:
-            pacer.live -= channel is None
             # Also reached when the caller leaves early (GeneratorExit): an abort.
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())
@@ -218,15 +208,13 @@ class LLMServer:
         return ServeChunk(request.echo_id, finish_reason="error", error_code=status,
                           error=message, replica_id=self.replica_id, final=True)
 
-    def _outputs(self, request: ServeRequest, on_end: Callable[[], None]
-                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    def _outputs(self, request: ServeRequest) -> AsyncIterator[tuple[int, RequestOutput]]:
         """The engine's outputs with their choice index; several choices run as engine
-        requests of their own over the same prompt (serve/engine/choices.py). ``on_end``:
-        a choice's last output, or its error, arrived."""
+        requests of their own over the same prompt (serve/engine/choices.py)."""
         n = request.params.n
         streams = [self.engine.generate(request.prompt_token_ids, choice_params(request.params, i),
                                         choice_request_id(request.request_id, i, n),
-                                        request.cache_salt, on_end)
+                                        request.cache_salt)
                    for i in range(n)]
         return interleave(streams)
 

@@ -1,11 +1,10 @@
-"""CoalescingStream's merging, pacing and ending rules, on an asyncio source the test paces.
+"""CoalescingStream's merging and ending rules, on an asyncio source the test paces.
 The Serve stream and output channel it reads in the service are covered by the service
 tests (tests/serve/test_service.py, test_output_channels.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 from serve.errors import Status, StreamLostError
 from serve.ingress.collector import CoalescingStream
 from serve.protocol import ServeChunk
-from serve.stream_pacing import StreamPacer
 
 
 class Source:
@@ -126,70 +124,5 @@ def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_
         lost.items.put_nowait(None)
         with pytest.raises(StreamLostError):
             await asyncio.wait_for(stream.__anext__(), 5)
-
-    asyncio.run(run())
-
-
-def test_reads_are_paced_by_the_budget_except_the_first_and_the_last() -> None:
-    async def run() -> None:
-        pacer = StreamPacer(items_per_s=1.0)  # one live stream: a read per second
-        source = Source()
-        stream = CoalescingStream(source, pacer)
-        assert pacer.live == 1
-        source.items.put_nowait(chunk("a", 1))
-        start = time.monotonic()
-        assert (await stream.__anext__()).text == "a"  # the first read never waits
-        source.items.put_nowait(chunk("b", 2))
-        source.items.put_nowait(chunk("c", 3))
-        paced = await stream.__anext__()
-        assert time.monotonic() - start >= 0.9
-        assert paced.text == "bc"  # what came meanwhile, as one chunk
-        pacer.items_per_s = 0.2  # a 5 s gap now
-        source.items.put_nowait(chunk("d", 4, finish_reason="stop", final=True))
-        await asyncio.sleep(0.05)
-        start = time.monotonic()
-        assert (await stream.__anext__()).final  # the last chunk does not wait its turn
-        assert time.monotonic() - start < 2.5
-        assert pacer.live == 0
-
-    asyncio.run(run())
-
-
-@pytest.mark.parametrize("end", ["final", "error", "call_failed"])
-def test_a_read_waiting_its_turn_ends_the_wait_when_the_request_ends(end: str) -> None:
-    """The budget's gap holds back more output, never the request's end: with hundreds of
-    streams the gap is most of a second, which every request would add to its latency."""
-    async def run() -> None:
-        pacer = StreamPacer(items_per_s=0.2)  # one live stream: a 5 s gap
-        source = Source()
-        stream = CoalescingStream(source, pacer, on_call_chunk=lambda _: None)
-        source.items.put_nowait(chunk("a", 1))
-        assert (await stream.__anext__()).text == "a"
-        source.items.put_nowait(chunk("b", 2))
-        start = time.monotonic()
-        read = asyncio.ensure_future(stream.__anext__())
-        await asyncio.sleep(0.2)
-        assert not read.done()  # "b" waits its turn
-        if end == "final":
-            stream.push(chunk("c", 3, finish_reason="stop", final=True))
-        elif end == "error":
-            stream.push(ServeChunk("r", finish_reason="error", final=True,
-                                   error_code=Status.UNAVAILABLE, error="gone"))
-        else:
-            source.items.put_nowait(RuntimeError("the replica died"))
-        got = await asyncio.wait_for(read, 2.0)
-        assert time.monotonic() - start < 2.0
-        if end == "final":
-            assert (got.text, got.final) == ("bc", True)
-        else:
-            # Output before a failure comes first, and the failure on the next read, at once.
-            assert got.text == "b"
-            if end == "error":
-                assert (await stream.__anext__()).error_code == Status.UNAVAILABLE
-            else:
-                with pytest.raises(RuntimeError):
-                    await stream.__anext__()
-        assert time.monotonic() - start < 2.0
-        assert pacer.live == 0 or end != "final"
 
     asyncio.run(run())
