@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.errors import ServiceError, Status, downstream_error
+from serve.errors import Status, status_of
 from serve.openai.format import ChatFormat, CompletionFormat, Outputs, sse
 from serve.openai.protocol import (
     ApiError,
@@ -54,9 +54,9 @@ def _chunk_error(chunk: ServeChunk) -> ApiError:
 
 
 def _call_error(exc: Exception, request_id: str = "http") -> ApiError:
-    """An exception from the downstream call itself (the replica died, Serve is full) or
-    any other surprise, as the one table says (serve/errors.py)."""
-    return ApiError.from_service_error(downstream_error(exc, request_id))
+    """Any exception (bad input, the downstream call failed, a surprise) as its HTTP
+    error: ``status_of`` decides, as for every other layer (serve/errors.py)."""
+    return ApiError.from_service_error(status_of(exc, request_id))
 
 
 class OpenAIServer:
@@ -129,10 +129,6 @@ class OpenAIServer:
                                                 body.cache_salt or "")
         except ApiError as exc:
             return error_response(exc)
-        except ServiceError as exc:
-            return error_response(ApiError.from_service_error(exc))
-        except ValueError as exc:  # the tokenizer's or the model layer's own validation
-            return error_response(ApiError.from_status(Status.INVALID_ARGUMENT, str(exc)))
         except Exception as exc:
             return error_response(_call_error(exc))
         output_format = format_class(

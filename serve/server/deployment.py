@@ -19,7 +19,7 @@ from serve.engine.config import EngineConfig
 from serve.engine.errors import EngineDeadError
 from serve.engine.factory import create_engine
 from serve.engine.request import RequestOutput
-from serve.errors import ServiceError, Status
+from serve.errors import Status, status_of
 from serve.metrics import ServerMetrics
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
@@ -174,18 +174,9 @@ class LLMServer:
         return choices.mark(output_chunk(output, request.echo_id, self.replica_id, index))
 
     def _error_for(self, request: ServeRequest, exc: Exception) -> ServeChunk:
-        """The final chunk that reports ``exc`` to the client."""
-        if isinstance(exc, ChannelClosedError):
-            return self._error(request, Status.UNAVAILABLE,
-                               "the stream to the front end closed; retry the request")
-        if isinstance(exc, ServiceError):
-            return self._error(request, exc.status, exc.message)
-        if isinstance(exc, ValueError):  # the model layer's own validation (sampling)
-            return self._error(request, Status.INVALID_ARGUMENT, str(exc))
-        logger.error("request %s (client id %r) failed", request.request_id,
-                     request.client_request_id, exc_info=exc)
-        return self._error(request, Status.INTERNAL,
-                           f"internal error (request {request.request_id}); retry later")
+        """The final chunk that reports ``exc`` to the client (``status_of`` decides)."""
+        error = status_of(exc, request.request_id)
+        return self._error(request, error.status, error.message)
 
     async def channel(self, opening: ChannelOpen) -> AsyncIterator[ChannelBatch]:
         """An Ingress's output channel on this replica (serve/server/channel.py): an empty
