@@ -38,7 +38,7 @@ class _End:
         self.error = error
 
 
-class CoalescingStream:
+class RequestCollector:
     def __init__(self, stream: Any,
                  on_call_chunk: Callable[[ServeChunk], None] | None = None,
                  on_close: Callable[[], None] | None = None,
@@ -77,7 +77,7 @@ class CoalescingStream:
     def _put(self, item: ServeChunk | _End) -> None:
         self._queue.put_nowait(item)
 
-    def __aiter__(self) -> CoalescingStream:
+    def __aiter__(self) -> RequestCollector:
         return self
 
     async def __anext__(self) -> ServeChunk:

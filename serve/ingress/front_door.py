@@ -22,7 +22,7 @@ from serve.config import IngressSettings
 from serve.engine.block_hash import hash_prompt_blocks
 from serve.errors import RequestTooLargeError, UnauthenticatedError, invalid
 from serve.ingress.channels import IngressChannels
-from serve.ingress.collector import CHANNEL_END_GRACE_S, CoalescingStream
+from serve.ingress.collector import CHANNEL_END_GRACE_S, RequestCollector
 from serve.ingress.convert import chat_messages, check_identifier, sampling_params
 from serve.protocol import ServeChunk, ServeRequest
 
@@ -166,12 +166,12 @@ class FrontDoor:
 
     # ---- output ---------------------------------------------------------------------------
 
-    def open_stream(self, serve_request: ServeRequest) -> CoalescingStream:
+    def open_stream(self, serve_request: ServeRequest) -> RequestCollector:
         """The LLMServer's chunks for the request, merged as they arrive
         (serve/ingress/collector.py), from its call or this Ingress's output channel."""
         channels = self.channels
         if channels is None:
-            return CoalescingStream(self.llm.generate.remote(serve_request),
+            return RequestCollector(self.llm.generate.remote(serve_request),
                                     on_call_chunk=self._saw_chunk)
         request_id = serve_request.request_id
         serve_request.channel_id = channels.channel_id
@@ -180,7 +180,7 @@ class FrontDoor:
             self._saw_chunk(chunk)
             channels.saw_replica(chunk.replica_id)
 
-        stream = CoalescingStream(self.llm.generate.remote(serve_request),
+        stream = RequestCollector(self.llm.generate.remote(serve_request),
                                   on_call_chunk=from_call,
                                   on_close=lambda: channels.unregister(request_id),
                                   end_grace_s=CHANNEL_END_GRACE_S)

@@ -1,4 +1,4 @@
-"""CoalescingStream's merging and ending rules, on an asyncio source the test paces.
+"""RequestCollector's merging and ending rules, on an asyncio source the test paces.
 The Serve stream and output channel it reads in the service are covered by the service
 tests (tests/serve/test_service.py, test_output_channels.py)."""
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from serve.errors import Status, StreamLostError
-from serve.ingress.collector import CoalescingStream
+from serve.ingress.collector import RequestCollector
 from serve.protocol import ServeChunk
 
 
@@ -41,7 +41,7 @@ def chunk(text: str, token: int, **kwargs: object) -> ServeChunk:
 def test_a_reader_that_keeps_up_gets_each_chunk_and_one_that_lags_gets_them_joined() -> None:
     async def run() -> None:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         source.items.put_nowait(chunk("a", 1))
         first = await stream.__anext__()
         assert (first.text, first.token_ids) == ("a", [1])
@@ -62,7 +62,7 @@ def test_a_reader_that_keeps_up_gets_each_chunk_and_one_that_lags_gets_them_join
 def test_output_before_an_error_or_a_failure_comes_first() -> None:
     async def run() -> None:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         source.items.put_nowait(chunk("a", 1))
         source.items.put_nowait(ServeChunk("r", finish_reason="error",
                                            error_code=Status.UNAVAILABLE, error="gone"))
@@ -72,7 +72,7 @@ def test_output_before_an_error_or_a_failure_comes_first() -> None:
         assert (await stream.__anext__()).error_code == Status.UNAVAILABLE
 
         failing = Source()
-        stream = CoalescingStream(failing)
+        stream = RequestCollector(failing)
         failing.items.put_nowait(chunk("x", 9))
         failing.items.put_nowait(RuntimeError("replica died"))
         await asyncio.sleep(0.05)
@@ -88,7 +88,7 @@ def test_output_before_an_error_or_a_failure_comes_first() -> None:
 def test_chunks_of_different_choices_are_never_joined() -> None:
     async def run() -> list[tuple[int, str]]:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         for index, text in [(0, "a"), (0, "b"), (1, "x"), (0, "c"), (1, "y")]:
             source.items.put_nowait(chunk(text, 1, index=index))
         source.items.put_nowait(None)
@@ -102,7 +102,7 @@ def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_
     async def run() -> None:
         closed: list[bool] = []
         source = Source()
-        stream = CoalescingStream(source, on_close=lambda: closed.append(True),
+        stream = RequestCollector(source, on_close=lambda: closed.append(True),
                                   end_grace_s=5.0)
         stream.push(chunk("a", 1))
         assert (await stream.__anext__()).text == "a"
@@ -120,7 +120,7 @@ def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_
 
         # A final chunk that never comes: the stream fails after the grace.
         lost = Source()
-        stream = CoalescingStream(lost, end_grace_s=0.1)
+        stream = RequestCollector(lost, end_grace_s=0.1)
         lost.items.put_nowait(None)
         with pytest.raises(StreamLostError):
             await asyncio.wait_for(stream.__anext__(), 5)
