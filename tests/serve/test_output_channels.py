@@ -123,20 +123,11 @@ def test_a_cancelled_request_on_a_channel_is_aborted(server: object) -> None:
 
 @pytest.fixture(scope="module")
 def one_channel_service(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[str]:
-    from ray import serve
+    from tests.serve.conftest import start_service
 
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-    from tests.serve.conftest import free_port
-
-    config = ServeConfig(model=str(tiny_checkpoint), app_name="channels", accelerator="cpu",
-                         grpc_port=free_port(), http_port=free_port(),
-                         engine={"num_kv_blocks": 256, "dtype": "float32"})
-    start_serve(config)
-    try:
-        yield f"localhost:{config.grpc_port}"
-    finally:
-        serve.shutdown()
+    for running in start_service(model=str(tiny_checkpoint), app_name="channels",
+                                 engine={"num_kv_blocks": 256, "dtype": "float32"}):
+        yield running.target
 
 
 def open_replicas() -> list[str]:

@@ -18,7 +18,7 @@ from model.sampling_params import SamplingParams
 from serve import LLM
 from serve.client import AsyncLLMClient, InvalidArgument, LLMClient, Unauthenticated
 from serve.grpc_api import llm_pb2, llm_pb2_grpc
-from tests.serve.conftest import RedisServer, call_each_replica, free_port
+from tests.serve.conftest import RedisServer, call_each_replica, start_service
 
 API_KEY = "test-key"
 BLOCK_SIZE = 16
@@ -27,26 +27,11 @@ GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def service(ray_cluster: None, tiny_checkpoint: Path, redis_server: RedisServer) -> Iterator[str]:
-    from ray import serve
-
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-
-    config = ServeConfig(
-        model=str(tiny_checkpoint),
-        replicas=2,
-        ingress_replicas=2,
-        redis_url=redis_server.url,
-        api_key=API_KEY,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        accelerator="cpu",
-        engine={"num_kv_blocks": 512, "dtype": "float32"},
-        index_resync_s=1.0,
-    )
-    start_serve(config)
-    yield f"localhost:{config.grpc_port}"
-    serve.shutdown()
+    for running in start_service(
+            model=str(tiny_checkpoint), replicas=2, ingress_replicas=2,
+            redis_url=redis_server.url, api_key=API_KEY,
+            engine={"num_kv_blocks": 512, "dtype": "float32"}, index_resync_s=1.0):
+        yield running.target
 
 
 @pytest.fixture
