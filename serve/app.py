@@ -165,6 +165,10 @@ def serve_config(config: ServeConfig) -> dict[str, Any]:
     answer KubeRay's probe path (``/-/healthz``) on the HTTP port."""
     args = config.model_dump(exclude_none=True, exclude={
         "engine", "limits", "replica_env"})
+    if "host" not in config.model_fields_set:
+        # A deployed app serves other machines: its HTTP server binds every interface
+        # (``up``'s local default is loopback only).
+        args["host"] = "0.0.0.0"
     # Limits and replica env vars only as given: their defaults are the service's own.
     args["limits"] = config.limits.model_dump(exclude_unset=True, exclude_none=True)
     if config.replica_env:
