@@ -34,7 +34,7 @@ from serve.prefix_index import (
     leading_block_counts,
     open_prefix_index,
 )
-from serve.routing_policy import ReplicaLoad, RoutingPolicy, choose_replicas
+from serve.routing.policy import ReplicaLoad, RoutingPolicy, choose_replicas
 
 REPLICAS = ["replica-0", "replica-1", "replica-2", "replica-3"]
 
@@ -43,7 +43,7 @@ POLICY = RoutingPolicy()
 
 
 def choose_replica(counts: dict[str, int], loads: dict[str, int]) -> str:
-    """The router's own ranking (serve/routing_policy.py) over these loads; each replica
+    """The router's own ranking (serve/routing/policy.py) over these loads; each replica
     takes 64 ongoing requests, so the loads drawn here stay under the cap."""
     replicas = [ReplicaLoad(replica, load, 64) for replica, load in loads.items()]
     return choose_replicas(None, counts, replicas, POLICY).replica_ids[0]

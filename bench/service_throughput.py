@@ -34,7 +34,8 @@ from bench.process_cpu import ProcessCpu  # noqa: E402
 from model.random_checkpoint import random_prompts, write_tiny_checkpoint  # noqa: E402
 from serve.client.load import Outcome, StreamSpec, percentile, run_streams  # noqa: E402
 
-# Where the service's CPU goes, process by process (bench/process_cpu.py).
+# Where the service's CPU goes, process by process (bench/process_cpu.py); Serve's proxy
+# is off the data path now (disabled), so only older runs have it.
 SERVICE_PROCESSES = ("LLMServer", "Ingress", "ProxyActor")
 # torch threads in a CPU LLMServer replica (OMP_NUM_THREADS, which Ray sets from num_cpus).
 REPLICA_THREADS = 1
@@ -140,10 +141,8 @@ def service(model: str, prompts: list[list[int]], args: argparse.Namespace
     from serve.app import start_serve
     from serve.config import ServeConfig
 
-    pacing = {} if args.stream_items_per_s is None else \
-        {"stream_items_per_s": args.stream_items_per_s}
     config = ServeConfig(model=model, grpc_port=free_port(), http_port=free_port(),
-                         accelerator="cpu", **pacing,
+                         accelerator="cpu",
                          engine={"num_kv_blocks": args.num_kv_blocks, "dtype": "float32",
                                  "max_num_seqs": args.max_num_seqs})
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False)
@@ -180,16 +179,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--num-kv-blocks", type=int, default=4096)
-    parser.add_argument("--stream-items-per-s", type=float, default=None,
-                        help="the replica's stream item budget (default: the service's)")
     args = parser.parse_args()
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     model = args.model or str(write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="svc-"))))
     prompts = random_prompts(args.streams, args.prompt_len, 32000, seed=0)
     common = {"bench": "service_throughput", "streams": args.streams,
               "prompt_len": args.prompt_len, "max_tokens": args.max_tokens,
-              "max_num_seqs": args.max_num_seqs, "cpus": os.cpu_count(),
-              "stream_items_per_s": args.stream_items_per_s}
+              "max_num_seqs": args.max_num_seqs, "cpus": os.cpu_count()}
     # The offline engine with torch's own thread count, and with the LLMServer replica's: Ray
     # gives an actor that books under one CPU one OpenMP thread, which is also what a CPU
     # replica should use beside the proxy, Ingress and clients (a second thread on a busy

@@ -16,11 +16,10 @@ from ray.serve.config import RequestRouterConfig
 from model.config import ModelConfig
 from serve.autoscaling import autoscaling_policy_config
 from serve.config import IngressSettings, ServeConfig
-from serve.ingress import Ingress
-from serve.llm_server import LLMServer
+from serve.ingress.deployment import Ingress
+from serve.server.deployment import LLMServer
 
-GRPC_SERVICER = "serve.grpc_service.add_llm_service_to_server"
-ROUTER_PATH = "serve.router:PrefixSessionRouter"
+ROUTER_PATH = "serve.routing.router:PrefixSessionRouter"
 
 
 def _cluster_has_gpus() -> bool:
@@ -32,12 +31,10 @@ def _cluster_has_gpus() -> bool:
 # CPU replicas share the machine's cores (torch uses all of them whatever Ray books), so
 # each books half a CPU: two replicas and the Ingress fit a 2-core machine.
 CPU_REPLICA_CPUS = 0.5
-# The default stream item budgets of one replica (ServeConfig.stream_items_per_s).
-GPU_STREAM_ITEMS_PER_S = 1000.0
-CPU_STREAM_ITEMS_PER_S = 250.0
 INGRESS_CPUS = 0.25
-# How many times the service's capacity the Ingress replicas accept (see below).
-INGRESS_HEADROOM = 4
+# How long Serve gives a draining Ingress replica before killing it: above its own drain of
+# the streams in flight (serve/ingress/deployment.py).
+INGRESS_SHUTDOWN_S = 30.0
 
 
 def uses_gpus(config: ServeConfig) -> bool:
@@ -51,7 +48,7 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
     tp = config.tensor_parallel_size
     gpu = uses_gpus(config)
     options: dict[str, Any] = {
-        # Each Ingress replica's output channel holds one call open (serve/output_channel.py).
+        # Each Ingress replica's output channel holds one call open (serve/server/channel.py).
         "max_ongoing_requests": config.replica_max_ongoing_requests
         + (config.ingress_replicas if config.prefix_routing else 0),
         "max_queued_requests": config.caller_max_queued_requests,
@@ -120,16 +117,20 @@ def _machine_shape() -> tuple[int, int]:
     return len(os.sched_getaffinity(0)), nodes
 
 
-def ingress_max_ongoing_requests(config: ServeConfig) -> int:
-    """Streams per Ingress replica: several times what the LLMServer replicas and the queue
-    for them hold. Serve's default of 5 would cap the whole service; a cap just at the
-    capacity would park a burst in the proxy's unbounded queue, where a request waits for a
-    slot only to be refused then. With headroom the Ingress takes the burst and the
-    LLMServer handle refuses the excess at once (RESOURCE_EXHAUSTED)."""
-    replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
-    total = (config.replica_max_ongoing_requests * replicas
-             + config.caller_max_queued_requests * config.ingress_replicas)
-    return -(-INGRESS_HEADROOM * total // config.ingress_replicas)
+def ingress_options(config: ServeConfig) -> dict[str, Any]:
+    """The Ingress replicas serve their clients on their own servers, outside Serve's
+    request accounting: Serve calls them only for stats and probes."""
+    options: dict[str, Any] = {
+        "num_replicas": config.ingress_replicas,
+        "max_ongoing_requests": 16,
+        "ray_actor_options": {"num_cpus": INGRESS_CPUS},
+        "graceful_shutdown_timeout_s": INGRESS_SHUTDOWN_S,
+        "health_check_period_s": 10.0,
+    }
+    if config.ingress_replicas_per_node is not None:
+        # A cluster: spread the front door over the nodes that take traffic.
+        options["max_replicas_per_node"] = config.ingress_replicas_per_node
+    return options
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -138,23 +139,19 @@ def build_app(config: ServeConfig) -> Any:
     engine = config.engine_config(model)
     engine.cpu_threads = replica_cpu_threads(config, uses_gpus(config), *_machine_shape())
     max_model_len = engine.max_model_len or model_config.max_position_embeddings
-    items_per_s = config.stream_items_per_s or (
-        GPU_STREAM_ITEMS_PER_S if uses_gpus(config) else CPU_STREAM_ITEMS_PER_S)
     llm = LLMServer.options(**llm_server_options(config)).bind(
-        engine, config.redis_url, config.index_resync_s, items_per_s)
+        engine, config.redis_url, config.index_resync_s)
     settings = IngressSettings(
         model_name=config.model or "SmolLM2-135M-Instruct",
         tokenizer=engine.tokenizer or engine.model, block_size=engine.block_size,
         tensor_parallel_size=engine.tensor_parallel_size, max_model_len=max_model_len,
-        api_key=config.api_key, limits=config.limits, stream_items_per_s=items_per_s,
-        output_channels=config.prefix_routing)
-    return Ingress.options(num_replicas=config.ingress_replicas,
-                           max_ongoing_requests=ingress_max_ongoing_requests(config),
-                           ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(llm, settings)
+        api_key=config.api_key, limits=config.limits, output_channels=config.prefix_routing,
+        grpc_port=config.grpc_port, http_host=config.host, http_port=config.http_port)
+    return Ingress.options(**ingress_options(config)).bind(llm, settings)
 
 
 def required_resources(config: ServeConfig) -> dict[str, float]:
-    """What the app books from Ray at its largest (Serve's proxies book nothing)."""
+    """What the app books from Ray at its largest."""
     options = llm_server_options(config)
     replicas = config.autoscaling.max_replicas if config.autoscaling else config.replicas
     per_replica: dict[str, float] = {}
@@ -193,9 +190,16 @@ def build(args: dict[str, Any]) -> Any:
 
 
 def serve_config(config: ServeConfig) -> dict[str, Any]:
-    """A Serve config (``serve deploy`` / KubeRay ``serveConfigV2``) for this ServeConfig."""
+    """A Serve config (``serve deploy`` / KubeRay ``serveConfigV2``) for this ServeConfig.
+
+    Serve's proxies are disabled: the Ingress replicas serve the ports themselves, and
+    answer KubeRay's probe path (``/-/healthz``) on the HTTP port."""
     args = config.model_dump(exclude_none=True, exclude={
-        "grpc_port", "http_port", "host", "engine", "limits", "replica_env"})
+        "engine", "limits", "replica_env"})
+    if "host" not in config.model_fields_set:
+        # A deployed app serves other machines: its HTTP server binds every interface
+        # (``up``'s local default is loopback only).
+        args["host"] = "0.0.0.0"
     # Limits and replica env vars only as given: their defaults are the service's own.
     args["limits"] = config.limits.model_dump(exclude_unset=True, exclude_none=True)
     if config.replica_env:
@@ -203,19 +207,14 @@ def serve_config(config: ServeConfig) -> dict[str, Any]:
     # Only the engine settings given: the engine's defaults stay the engine's to choose.
     args["engine"] = config.engine.model_dump(exclude_unset=True)
     return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": config.http_port},
-        "grpc_options": {"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        "proxy_location": "Disabled",
         "applications": [{"name": config.app_name, "route_prefix": "/",
                           "import_path": "serve.app:build", "args": args}],
     }
 
 
 def start_serve(config: ServeConfig) -> None:
-    """Start Serve's proxies (HTTP and gRPC) on this Ray cluster and run the app."""
-    from ray.serve.config import HTTPOptions, gRPCOptions
-
-    serve.start(http_options=HTTPOptions(host=config.host, port=config.http_port),
-                grpc_options=gRPCOptions(port=config.grpc_port,
-                                         grpc_servicer_functions=[GRPC_SERVICER]))
-    serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+    """Run the app on this Ray cluster. Serve's proxies stay off: nothing here needs them
+    (the Ingress replicas serve gRPC and HTTP on the service's ports)."""
+    serve.start(proxy_location="Disabled")
+    serve.run(build_app(config), name=config.app_name, route_prefix=None, blocking=False)

@@ -3,7 +3,7 @@
 Serve's default policy scales on ongoing requests per replica. For an LLM engine that count
 says little: one replica may hold 64 cheap requests or choke on 4 long ones. Each LLMServer
 replica reports its engine's signals through ``record_autoscaling_stats`` (see
-``serve/llm_server.py``), and Serve hands their look-back aggregate to this policy as
+``serve/server/deployment.py``), and Serve hands their look-back aggregate to this policy as
 ``ctx.aggregated_metrics[name][replica_id]``:
 
 - ``num_waiting``: requests the scheduler could not fit into the running batch yet;

@@ -76,6 +76,10 @@ class ServeConfig(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1)
     replicas: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
+    # At most this many Ingress replicas per node (Serve's max_replicas_per_node); None: no
+    # bound (one machine: its replicas share the ports). On a cluster, 1 with
+    # ingress_replicas = the nodes that take traffic puts one front door on each.
+    ingress_replicas_per_node: int | None = Field(None, ge=1)
     # "gpu": one GPU per tensor-parallel rank; "cpu": CPU workers (tests, laptops);
     # "auto": GPUs when the Ray cluster has any.
     accelerator: str = Field("auto", pattern="^(auto|cpu|gpu)$")
@@ -92,11 +96,8 @@ class ServeConfig(StrictModel):
     prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
-    # Stream items per second one Ingress replica sends its proxies in all (and one
-    # LLMServer replica on the streams it serves without an output channel); streams share
-    # it, so under load each item carries several tokens (serve/stream_pacing.py). None:
-    # 1000 on GPUs; 250 on CPUs, where every item's path (a Serve hop, a message) takes CPU
-    # from the engine itself (bench/results/cpu-2core-request-path.jsonl).
+    # Ignored, kept so that configs written for older versions still load: streams are no
+    # longer rationed (each gets at most one item per engine step; serve/ingress/collector.py).
     stream_items_per_s: float | None = Field(None, gt=0)
     # Requests one LLMServer replica holds at once; None: what its engine can hold, running
     # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps
@@ -169,9 +170,11 @@ class IngressSettings(StrictModel):
     max_model_len: int
     api_key: str | None = None
     limits: Limits = Field(default_factory=Limits)
-    # Stream items per second this Ingress replica sends its proxies, shared by its
-    # streams (serve/chunk_stream.py).
-    stream_items_per_s: float = Field(1000.0, gt=0)
-    # One output channel per LLMServer replica carries the chunks (serve/ingress_channels.py);
+    # The public servers of every Ingress replica (SO_REUSEPORT: replicas share them).
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(9000, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    # One output channel per LLMServer replica carries the chunks (serve/ingress/channels.py);
     # it needs the prefix router, which pins a channel to its replica.
     output_channels: bool = True

@@ -27,7 +27,7 @@ __all__ = [
     "ERRORS", "EngineDeadError", "ErrorForm", "InternalError", "InvalidRequestError",
     "ModelNotFoundError", "PromptTooLongError", "QueueFullError", "RequestTooLargeError",
     "REPLICA_FAILED", "ServiceError", "Status", "StreamLostError", "UnauthenticatedError",
-    "downstream_error", "form_of", "grpc_code", "invalid",
+    "downstream_error", "form_of", "grpc_code", "invalid", "status_of",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ REPLICA_FAILED = "the replica serving this request failed; retry"
 
 class StreamLostError(RuntimeError):
     """A request's output stopped coming before its end: the channel carrying it went
-    away (serve/ingress_channels.py). Retryable, like a failed replica."""
+    away (serve/ingress/channels.py). Retryable, like a failed replica."""
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,15 @@ def downstream_error(exc: BaseException, request_id: str) -> ServiceError:
     logger.error("request %s failed (error reference %s)", request_id, reference,
                  exc_info=exc)
     return InternalError(f"internal error (reference {reference}); retry later")
+
+
+def status_of(exc: BaseException, request_id: str = "") -> ServiceError:
+    """The one function from an exception to what the client sees, used by every layer
+    (gRPC servicer, OpenAI app, LLMServer): a ``ServiceError`` as it is, bad input (a
+    ``ValueError`` from the tokenizer, the model layer or sampling) INVALID_ARGUMENT, the
+    rest as ``downstream_error`` says."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ValueError):
+        return InvalidRequestError(str(exc))
+    return downstream_error(exc, request_id)

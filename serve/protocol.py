@@ -24,7 +24,7 @@ class ServeRequest:
     # The prompt's chained block keys (serve.engine.block_hash), for prefix-aware routing.
     block_hashes: list[bytes] = field(default_factory=list)
     client_request_id: str = ""
-    # The Ingress's output channel (serve/output_channel.py): when the replica holds one by
+    # The Ingress's output channel (serve/server/channel.py): when the replica holds one by
     # this id, the request's chunks travel on it; "" or unknown, on the call itself.
     channel_id: str = ""
 

@@ -88,6 +88,6 @@ def test_the_sdk_loads_neither_torch_nor_ray() -> None:
     assert not modules & {"torch", "ray", "model", "cluster", "transformers", "pydantic"}
 
 
-@pytest.mark.parametrize("module", ["serve.ingress", "serve.router", "serve.openai.app"])
+@pytest.mark.parametrize("module", ["serve.ingress.deployment", "serve.routing.router", "serve.openai.app"])
 def test_front_door_and_router_load_no_torch(module: str) -> None:
     assert "torch" not in top_level(imported_after(f"import {module}"))

@@ -138,24 +138,16 @@ class AsyncLLMEngine:
         return self.dead_reason is None
 
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
-                       request_id: str | None = None, cache_salt: str | None = None,
-                       on_end: Callable[[], None] | None = None
+                       request_id: str | None = None, cache_salt: str | None = None
                        ) -> AsyncIterator[RequestOutput]:
-        """Stream outputs until the request finishes; raises the engine's validation errors
-        (ValueError, QueueFullError, EngineDeadError) before the first output.
-        ``on_end`` is called as the last output, or the error that ends the request,
-        arrives, before it is read (a reader pausing between reads stops pausing)."""
+        """``start`` read as a stream: outputs until the request finishes; raises the
+        engine's validation errors (ValueError, QueueFullError, EngineDeadError) before the
+        first output. ``start`` is the one consumer API; this is its iterator form."""
         request_id = request_id or f"req-{next(self._ids)}"
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        put: Callable[[RequestOutput | BaseException], None] = stream.put_nowait
-        if on_end is not None:
-            def put(item: RequestOutput | BaseException) -> None:
-                stream.put_nowait(item)
-                if isinstance(item, BaseException) or item.finished:
-                    on_end()
         finished = False
         try:
-            await self.start(prompt, params, request_id, cache_salt, put)
+            await self.start(prompt, params, request_id, cache_salt, stream.put_nowait)
             while True:
                 # Everything waiting is read at once; only an empty queue is waited on. The
                 # engine thread ends every stream when it stops (``_run``), so this wait is

@@ -1,6 +1,6 @@
 """What no client-visible message may hold: a traceback, a file path, a pid, an address, an
-actor id, a memory address or a class repr/name. The server replaces a status that matches
-(serve/grpc_service.py); the load generator counts the messages that do (serve/client/).
+actor id, a memory address or a class repr/name. The server's statuses come from one table
+(serve/errors.py); the load generator counts the messages that match (serve/client/).
 It is part of the contract both sides share, beside the stubs; plain ``re``."""
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""OpenAI-compatible HTTP API, served by the Ingress deployment through Serve's HTTP proxy.
+"""OpenAI-compatible HTTP API, served by each Ingress replica's own ASGI server
+(serve/ingress/http_server.py).
 
-``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` and
-``GET /health``. A request takes the gRPC RPCs' path through the same Ingress helpers:
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, and the probes
+``GET /health`` and ``GET /-/healthz`` (Serve's proxy path, which KubeRay probes): 200 while
+the replica can serve (a live LLMServer behind it), 503 otherwise. A request takes the gRPC
+RPCs' path through the same front door (serve/ingress/front_door.py):
 API key (``Authorization: Bearer <key>``), size limit, chat template or tokenizer, prompt
 and sampling validation, block hashes, then ``LLMServer.generate`` through the prefix-aware
 router. Errors are OpenAI-shaped JSON with the HTTP status of the gRPC code (see
 ``serve/errors.py``). A stream that the client drops is cancelled downstream, so
 the engine aborts the request and frees its KV blocks.
 
-Built once per Ingress replica by ``Ingress.__serve_build_asgi_app__``::
+Built once per Ingress replica::
 
     curl -s localhost:8000/v1/chat/completions -H 'Authorization: Bearer KEY' \\
       -d '{"model": "...", "messages": [{"role": "user", "content": "Hi"}]}'
@@ -22,10 +25,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.errors import ServiceError, Status, downstream_error
+from serve.errors import Status, status_of
 from serve.openai.format import ChatFormat, CompletionFormat, Outputs, sse
 from serve.openai.protocol import (
     ApiError,
@@ -51,13 +54,14 @@ def _chunk_error(chunk: ServeChunk) -> ApiError:
 
 
 def _call_error(exc: Exception, request_id: str = "http") -> ApiError:
-    """An exception from the downstream call itself (the replica died, Serve is full) or
-    any other surprise, as the one table says (serve/errors.py)."""
-    return ApiError.from_service_error(downstream_error(exc, request_id))
+    """Any exception (bad input, the downstream call failed, a surprise) as its HTTP
+    error: ``status_of`` decides, as for every other layer (serve/errors.py)."""
+    return ApiError.from_service_error(status_of(exc, request_id))
 
 
 class OpenAIServer:
-    """The route handlers; ``ingress`` is the Ingress replica that owns them."""
+    """The route handlers; ``ingress`` is the front door of the Ingress replica that owns
+    them."""
 
     def __init__(self, ingress: Any) -> None:
         self.ingress = ingress
@@ -97,7 +101,15 @@ class OpenAIServer:
         return JSONResponse(self._model_card())
 
     async def health(self) -> Response:
-        return JSONResponse({"status": "ok"})
+        if self.ingress.ready():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    async def healthz(self) -> Response:
+        """Serve's proxy answers this path; KubeRay's probes and pod labels read it."""
+        if self.ingress.ready():
+            return PlainTextResponse("success")
+        return PlainTextResponse("no live model server behind this Ingress", status_code=503)
 
     # ---- the shared pipeline -----------------------------------------------------------
 
@@ -117,10 +129,6 @@ class OpenAIServer:
                                                 body.cache_salt or "")
         except ApiError as exc:
             return error_response(exc)
-        except ServiceError as exc:
-            return error_response(ApiError.from_service_error(exc))
-        except ValueError as exc:  # the tokenizer's or the model layer's own validation
-            return error_response(ApiError.from_status(Status.INVALID_ARGUMENT, str(exc)))
         except Exception as exc:
             return error_response(_call_error(exc))
         output_format = format_class(
@@ -254,6 +262,7 @@ def build_openai_app(ingress: Any) -> FastAPI:
     app.add_api_route("/v1/models/{model_id:path}", server.model, methods=["GET"],
                       response_model=None)
     app.add_api_route("/health", server.health, methods=["GET"], response_model=None)
+    app.add_api_route("/-/healthz", server.healthz, methods=["GET"], response_model=None)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

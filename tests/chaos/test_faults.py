@@ -180,16 +180,33 @@ def test_a_burst_of_four_times_the_capacity(service: Service,
     service.wait_all_blocks_free()
 
 
+def busy_replica(service: Service, deployment: str, timeout_s: float = 60.0) -> Any:
+    """A replica of ``deployment`` while streams are in flight: an LLMServer replica with
+    requests running (or any Ingress replica once some are). Streams run at engine speed,
+    so a fixed delay could find them all finished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = {replica_id for replica_id, stats in service.llm_stats().items()
+                   if stats["num_running"] > 0}
+        actors = service.replica_actors(deployment)
+        chosen = [actor for replica_id, actor in actors.items()
+                  if deployment != "LLMServer" or replica_id in running]
+        if running and chosen:
+            return chosen[0]
+        assert time.monotonic() < deadline, f"no {deployment} replica was ever busy"
+        time.sleep(0.05)
+
+
 def kill_under_load(service: Service, deployment: str
                     ) -> tuple[list[Outcome], float, list[Outcome]]:
-    """32 streams; one replica of ``deployment`` killed 1.5 s in; then 16 new requests."""
+    """32 streams; one replica of ``deployment`` killed while they run; then 16 new
+    requests."""
     import ray
 
     async def scenario() -> tuple[list[Outcome], float, list[Outcome]]:
         load = asyncio.create_task(run_streams(service.target, prompts(32, 120, deployment),
                                                API_KEY))
-        await asyncio.sleep(1.5)
-        victim = next(iter(service.replica_actors(deployment).values()))
+        victim = await asyncio.to_thread(busy_replica, service, deployment)
         ray.kill(victim, no_restart=True)
         killed = time.monotonic()
         outcomes = await load

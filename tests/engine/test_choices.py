@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,6 @@ from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.errors import InvalidRequestError
 from serve.engine.scheduler import SchedulerOutput
 from serve.llm import LLM
-from serve.stream_interleave import interleave
 from tests.engine.helpers import assert_all_blocks_free
 
 
@@ -60,27 +57,3 @@ def test_offline_choices_equal_seeded_single_requests_and_share_the_prompt(
     assert [c.token_ids for c in output.outputs] == [s.outputs[0].token_ids for s in singles]
     assert output.usage == {"prompt_tokens": 40, "completion_tokens": 18,
                             "cached_tokens": 0}
-
-
-def test_interleave_tags_items_and_cancels_the_rest_when_left() -> None:
-    closed: list[int] = []
-
-    async def source(index: int, count: int) -> AsyncIterator[str]:
-        try:
-            for i in range(count):
-                await asyncio.sleep(0.001 * (index + 1))
-                yield f"{index}:{i}"
-        finally:
-            closed.append(index)
-
-    async def run() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-        whole = [item async for item in interleave([source(0, 3), source(1, 2)])]
-        stream = interleave([source(0, 1000), source(1, 1000)])
-        first = [await anext(stream)]
-        await stream.aclose()  # the caller leaves: both sources are closed
-        return whole, first
-
-    whole, first = asyncio.run(run())
-    assert sorted(whole) == [(0, "0:0"), (0, "0:1"), (0, "0:2"), (1, "1:0"), (1, "1:1")]
-    assert first == [(0, "0:0")]
-    assert sorted(closed) == [0, 0, 1, 1]

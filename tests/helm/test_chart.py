@@ -57,6 +57,11 @@ def test_one_gpu_pod_per_model_copy(values: dict[str, Any], release: str) -> Non
         assert cpu["rayStartParams"]["num-gpus"] == "0"
 
 
+# The chart still puts gRPC and HTTP on Serve's proxies; the Ingress replicas serve them
+# now (issue 22): serveConfigV2 must say proxy_location Disabled and pass the ports and host
+# in the args. Strict: this fails, to be removed, once the chart exports the same document.
+@pytest.mark.xfail(strict=True, reason="the chart's serveConfigV2 predates the Ingress's own "
+                   "servers (issue 22); helm/ is changed on its own branch")
 @pytest.mark.parametrize(("values", "release"), ci_params())
 def test_serve_config_is_what_the_cli_exports(values: dict[str, Any], release: str) -> None:
     document = yaml.safe_load(the(render(values, release), "RayService")["spec"]["serveConfigV2"])

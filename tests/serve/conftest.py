@@ -1,4 +1,5 @@
-"""Fixtures of the serve tests: a real redis-server and prefix indexes of both kinds.
+"""Fixtures of the serve tests: a real redis-server, prefix indexes of both kinds, and the
+one way to start the service (``start_service``) that every service test uses.
 
 The server is one per session, restartable on the same port, started as ``redis-server --port N --save '' --appendonly no`` (nothing persisted, so a
 restart comes back empty, like a Redis pod that was rescheduled). Tests isolate themselves
@@ -180,3 +181,114 @@ def call_each_replica(app: str, deployment: str, method: str, *args: Any,
     from serve.replicas import call_replicas
 
     return call_replicas(app, deployment, method, *args, timeout_s=timeout_s)
+
+
+# ---- the service ------------------------------------------------------------------------
+
+SERVICE_READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Service:
+    """A running app: its ``config`` (``serve.config.ServeConfig``) and ways to reach it."""
+
+    config: Any
+
+    @property
+    def app(self) -> str:
+        return self.config.app_name
+
+    @property
+    def target(self) -> str:
+        """The gRPC address."""
+        return f"localhost:{self.config.grpc_port}"
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL."""
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    def post(self, path: str, body: Any, key: str | None = "", **kwargs: Any) -> Any:
+        """POST JSON to ``path`` with the service's API key ("", the default), another
+        one, or none (None)."""
+        import requests
+
+        key = self.config.api_key if key == "" else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.post(self.url + path, json=body, headers=headers, timeout=60,
+                             **kwargs)
+
+    def get(self, path: str, key: str | None = "") -> Any:
+        import requests
+
+        key = self.config.api_key if key == "" else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.get(self.url + path, headers=headers, timeout=30)
+
+    def llm_stats(self) -> dict[str, dict]:
+        """Each LLMServer replica's engine stats, asked of every replica directly (a call
+        through the router may keep reaching the same one)."""
+        return call_each_replica(self.app, "LLMServer", "stats")
+
+    def replica_actors(self, deployment: str) -> dict[str, Any]:
+        """The RUNNING replicas of ``deployment``: replica id -> actor handle."""
+        from serve.replicas import running_replica_actors
+
+        return running_replica_actors(self.app, deployment)
+
+    def wait_all_blocks_free(self, timeout_s: float = 20.0) -> dict[str, dict]:
+        """Every replica idle with every KV block free, or AssertionError with the stats."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.llm_stats()
+            if stats and all(s["num_running"] == 0 and s["num_waiting"] == 0
+                             and s["num_free_kv_blocks"] == s["num_kv_blocks"]
+                             for s in stats.values()):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"KV blocks still held after {timeout_s}s: {stats}")
+            time.sleep(0.1)
+
+
+def _wait_ready(service: Service) -> None:
+    """Until the HTTP server says the Ingress can serve (a live LLMServer behind it)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + SERVICE_READY_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(service.url + "/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the service did not become ready within "
+                                 f"{SERVICE_READY_TIMEOUT_S}s")
+        time.sleep(0.2)
+
+
+def start_service(**overrides: Any) -> Iterator[Service]:
+    """Start the app on the session's Ray (CPU, free ports, ``overrides`` on top), wait
+    until it serves, and shut Serve down afterwards. Use with ``yield from`` in a fixture."""
+    from ray import serve
+
+    from serve.app import start_serve
+    from serve.config import ServeConfig
+
+    values: dict[str, Any] = dict(grpc_port=free_port(), http_port=free_port(),
+                                  accelerator="cpu")
+    values.update(overrides)
+    config = ServeConfig(**values)
+    start_serve(config)
+    try:
+        service = Service(config)
+        _wait_ready(service)
+        yield service
+    finally:
+        serve.shutdown()

@@ -226,26 +226,18 @@ STREAMS = MAX_NUM_SEQS + 24
 
 @pytest.fixture(scope="module")
 def autoscaling_app(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[ServeConfig]:
-    from ray import serve
+    from tests.serve.conftest import start_service
 
-    from serve.app import start_serve
-    from tests.serve.conftest import free_port
-
-    config = ServeConfig(
-        model=str(tiny_checkpoint), ingress_replicas=1, accelerator="cpu", app_name=APP,
-        grpc_port=free_port(), http_port=free_port(),
-        engine={"num_kv_blocks": 4096, "dtype": "float32"},
-        # Ongoing requests alone would ask for 2 only past 2 x 512: the engine queue must.
-        autoscaling=AutoscalingBounds(min_replicas=1, max_replicas=2,
-                                      target_ongoing_requests=512, target_waiting_requests=2,
-                                      upscale_delay_s=0, downscale_delay_s=600),
-    )
-    start_serve(config)
-    try:
+    for running in start_service(
+            model=str(tiny_checkpoint), ingress_replicas=1, app_name=APP,
+            engine={"num_kv_blocks": 4096, "dtype": "float32"},
+            # Ongoing requests alone would ask for 2 only past 2 x 512: the engine queue must.
+            autoscaling=AutoscalingBounds(min_replicas=1, max_replicas=2,
+                                          target_ongoing_requests=512,
+                                          target_waiting_requests=2,
+                                          upscale_delay_s=0, downscale_delay_s=600)):
         _wait_running(APP, timeout_s=60)
-        yield config
-    finally:
-        serve.shutdown()
+        yield running.config
 
 
 def _wait_running(app: str, timeout_s: float) -> None:

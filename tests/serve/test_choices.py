@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -16,7 +15,7 @@ import pytest
 from model.sampling_params import SamplingParams
 from serve import LLM
 from serve.client import AsyncLLMClient, LLMClient
-from tests.serve.conftest import call_each_replica, free_port
+from tests.serve.conftest import Service, call_each_replica, start_service
 
 PROMPT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
 SAMPLED = {"temperature": 1.0, "ignore_eos": True}
@@ -24,42 +23,10 @@ CONTINUED = [{"role": "user", "content": "Say something."},
              {"role": "assistant", "content": "Here is something:"}]
 
 
-@dataclass
-class Service:
-    grpc_target: str
-    http_url: str
-    model: str
-
-
 @pytest.fixture(scope="module")
 def service(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[Service]:
-    from ray import serve
-
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-
-    config = ServeConfig(model=str(tiny_checkpoint), replicas=1, ingress_replicas=1,
-                         grpc_port=free_port(), http_port=free_port(), accelerator="cpu",
-                         engine={"num_kv_blocks": 256, "dtype": "float32"})
-    start_serve(config)
-    service = Service(f"localhost:{config.grpc_port}",
-                      f"http://127.0.0.1:{config.http_port}/v1", str(tiny_checkpoint))
-    wait_for_http(service)
-    yield service
-    serve.shutdown()
-
-
-def wait_for_http(service: Service) -> None:
-    client = openai.OpenAI(base_url=service.http_url, api_key="unused", max_retries=0,
-                           timeout=10)
-    deadline = time.monotonic() + 30
-    while True:  # the proxy learns the route shortly after the app is running
-        try:
-            client.models.list()
-            return
-        except openai.APIError:
-            assert time.monotonic() < deadline, "the HTTP proxy never routed /v1/models"
-            time.sleep(0.2)
+    yield from start_service(model=str(tiny_checkpoint), replicas=1, ingress_replicas=1,
+                             engine={"num_kv_blocks": 256, "dtype": "float32"})
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +37,7 @@ def offline(tiny_checkpoint: Path) -> Iterator[LLM]:
 
 @pytest.fixture
 def http(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=service.http_url, api_key="unused", max_retries=0,
+    return openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0,
                          timeout=60)
 
 
@@ -117,14 +84,14 @@ def test_n_chat_stream_carries_each_choice_index(http: openai.OpenAI, service: S
 
 def test_n_over_grpc_and_every_block_back_after_a_cancel(service: Service,
                                                          offline: LLM) -> None:
-    with LLMClient(service.grpc_target, timeout_s=60) as client:
+    with LLMClient(service.target, timeout_s=60) as client:
         completion = client.generate(PROMPT, n=3, seed=2, max_tokens=8, **SAMPLED)
     assert [c.text for c in completion.choices] == single_texts(offline, 3, 2, 8)
     assert completion.usage is not None and completion.usage.completion_tokens == 24
 
     async def cancel_after_some_tokens() -> set[int]:
         seen: set[int] = set()
-        async with AsyncLLMClient(service.grpc_target, timeout_s=60) as client:
+        async with AsyncLLMClient(service.target, timeout_s=60) as client:
             stream = client.stream_generate(PROMPT, n=4, max_tokens=400, **SAMPLED)
             async for chunk in stream:
                 seen.add(chunk.index)
@@ -153,7 +120,7 @@ def test_continuing_the_final_assistant_message(http: openai.OpenAI, service: Se
         extra_body={"ignore_eos": True, "continue_final_message": True,
                     "add_generation_prompt": False})
     assert response.choices[0].message.content == expected
-    with LLMClient(service.grpc_target, timeout_s=60) as client:
+    with LLMClient(service.target, timeout_s=60) as client:
         reply = client.chat(CONTINUED, continue_final_message=True, max_tokens=8,
                             temperature=0.0, ignore_eos=True)
     assert reply.text == expected

@@ -92,3 +92,24 @@ def test_the_chart_schema_and_the_service_agree(engine: dict, valid: bool) -> No
     except ValueError:
         accepted = False
     assert accepted is valid
+
+
+def test_the_exported_config_keeps_serves_proxies_off_and_gives_the_ingress_its_ports() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import ingress_options, serve_config
+
+    config = ServeConfig(grpc_port=9100, http_port=8100, ingress_replicas=3,
+                         ingress_replicas_per_node=1)
+    document = serve_config(config)
+    ServeDeploySchema.model_validate(document)
+    assert document["proxy_location"] == "Disabled"
+    assert "http_options" not in document and "grpc_options" not in document
+    (app,) = document["applications"]
+    args = app["args"]
+    # A deployed app's HTTP server binds every interface; `up` keeps loopback by default.
+    assert (args["grpc_port"], args["http_port"], args["host"]) == (9100, 8100, "0.0.0.0")
+    assert serve_config(ServeConfig(**args)) == document  # the args rebuild the same app
+    assert ServeConfig().host == "127.0.0.1"
+    assert ingress_options(config)["max_replicas_per_node"] == 1
+    assert "max_replicas_per_node" not in ingress_options(ServeConfig())

@@ -17,7 +17,7 @@ import pytest
 
 from serve.client import LLMClient
 from serve.metrics import RequestRecord, RouterMetrics, ServerMetrics
-from tests.serve.conftest import RedisServer, free_port
+from tests.serve.conftest import RedisServer, start_service
 
 APP = "metrics-test"
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
@@ -28,28 +28,11 @@ EXPORT_TIMEOUT_S = 45.0
 @pytest.fixture(scope="module")
 def metrics_app(ray_cluster: None, tiny_checkpoint: Path,
                 redis_server: RedisServer) -> Iterator[str]:
-    from ray import serve
-
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-
     # Two LLMServer replicas: with one, the router has nothing to weigh and asks no index.
-    config = ServeConfig(
-        model=str(tiny_checkpoint), replicas=2, ingress_replicas=1, accelerator="cpu",
-        app_name=APP,
-        redis_url=redis_server.url, grpc_port=free_port(), http_port=free_port(),
-        engine={"num_kv_blocks": 256, "dtype": "float32"},
-    )
-    start_serve(config)
-    try:
-        deadline = time.monotonic() + 60
-        while serve.status().applications.get(APP) is None or \
-                serve.status().applications[APP].status != "RUNNING":
-            assert time.monotonic() < deadline, f"{APP} did not start: {serve.status()}"
-            time.sleep(0.5)
-        yield f"localhost:{config.grpc_port}"
-    finally:
-        serve.shutdown()
+    for running in start_service(model=str(tiny_checkpoint), replicas=2, ingress_replicas=1,
+                                 app_name=APP, redis_url=redis_server.url,
+                                 engine={"num_kv_blocks": 256, "dtype": "float32"}):
+        yield running.target
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -147,8 +130,8 @@ def test_each_request_is_recorded_once_with_its_outcome(
 
     from model.sampling_params import SamplingParams
     from serve.engine.config import EngineConfig
-    from serve.llm_server import LLMServer
     from serve.protocol import ServeRequest
+    from serve.server.deployment import LLMServer
 
     server = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
                                                   device="cpu", num_kv_blocks=64))

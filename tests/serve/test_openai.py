@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API end to end: real Ray Serve, its HTTP proxy over a socket.
+"""The OpenAI-compatible HTTP API end to end: real Ray Serve, the Ingress's own HTTP server
+over a socket.
 
 One LLMServer replica and one Ingress replica; the same application also answers gRPC.
 """
@@ -9,7 +10,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +28,17 @@ from serve.errors import (
     UnauthenticatedError,
 )
 from serve.openai.protocol import ApiError
-from tests.serve.conftest import free_port
+from tests.serve.conftest import Service, start_service
 
 API_KEY = "openai-test-key"
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 MAX_MODEL_LEN = 512  # the tiny checkpoint's context
 
 
-@dataclass
-class Service:
-    url: str
-    grpc_target: str
-    http_port: int
-    model: str
-
-    def post(self, path: str, body: Any, key: str | None = API_KEY, **kwargs: Any
-             ) -> requests.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return requests.post(self.url + path, json=body, headers=headers, timeout=60,
-                             **kwargs)
-
-    def get(self, path: str, key: str | None = API_KEY) -> requests.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return requests.get(self.url + path, headers=headers, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def service(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[Service]:
-    from ray import serve
-
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-
-    config = ServeConfig(
-        model=str(tiny_checkpoint), replicas=1, ingress_replicas=1, api_key=API_KEY,
-        grpc_port=free_port(), http_port=free_port(), accelerator="cpu",
-        engine={"num_kv_blocks": 256, "dtype": "float32"},
-    )
-    start_serve(config)
-    url = f"http://127.0.0.1:{config.http_port}"
-    deadline = time.monotonic() + 30
-    while True:  # the proxy learns the route shortly after the app is running
-        try:
-            if requests.get(url + "/health", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, "the HTTP proxy never routed /health"
-        time.sleep(0.2)
-    yield Service(url, f"localhost:{config.grpc_port}", config.http_port, str(tiny_checkpoint))
-    serve.shutdown()
+    yield from start_service(model=str(tiny_checkpoint), replicas=1, ingress_replicas=1,
+                             api_key=API_KEY, engine={"num_kv_blocks": 256, "dtype": "float32"})
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +145,7 @@ def test_models_health_and_grpc_in_the_same_app(service: Service) -> None:
     assert_error(service.get("/v1/models/other-model"), 404, "other-model")
     assert_error(service.get("/v1/no-such-route"), 404)
     # Serve's gRPC proxy reaches the same Ingress deployment.
-    with LLMClient(service.grpc_target, api_key=API_KEY, timeout_s=60) as client:
+    with LLMClient(service.target, api_key=API_KEY, timeout_s=60) as client:
         assert client.generate("hello", max_tokens=3, **GREEDY).finish_reason == "length"
 
 
@@ -267,7 +228,7 @@ def test_client_disconnect_aborts_the_request(service: Service) -> None:
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", service.http_port), timeout=60) as sock:
+    with socket.create_connection(("127.0.0.1", service.config.http_port), timeout=60) as sock:
         sock.sendall(request)
         received = b""
         while received.count(b"data: ") < 3:  # a few tokens in

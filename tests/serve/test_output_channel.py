@@ -1,4 +1,4 @@
-"""The replica's end of an output channel (serve/output_channel.py), on its own event loop:
+"""The replica's end of an output channel (serve/server/channel.py), on its own event loop:
 what a batch carries, when a request's chunk counts as sent, and how a channel ends."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import contextlib
 
 import pytest
 
-from serve.output_channel import ChannelClosedError, OutputChannel
 from serve.protocol import ServeChunk
+from serve.server.channel import ChannelClosedError, OutputChannel
 
 
 def chunk(token: int, **kwargs: object) -> ServeChunk:

@@ -26,7 +26,7 @@ def params(max_tokens: int, n: int = 1) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def server(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[object]:
-    from serve.llm_server import LLMServer
+    from serve.server.deployment import LLMServer
 
     server = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
                                                   device="cpu", num_kv_blocks=64))
@@ -123,20 +123,11 @@ def test_a_cancelled_request_on_a_channel_is_aborted(server: object) -> None:
 
 @pytest.fixture(scope="module")
 def one_channel_service(ray_cluster: None, tiny_checkpoint: Path) -> Iterator[str]:
-    from ray import serve
+    from tests.serve.conftest import start_service
 
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-    from tests.serve.conftest import free_port
-
-    config = ServeConfig(model=str(tiny_checkpoint), app_name="channels", accelerator="cpu",
-                         grpc_port=free_port(), http_port=free_port(),
-                         engine={"num_kv_blocks": 256, "dtype": "float32"})
-    start_serve(config)
-    try:
-        yield f"localhost:{config.grpc_port}"
-    finally:
-        serve.shutdown()
+    for running in start_service(model=str(tiny_checkpoint), app_name="channels",
+                                 engine={"num_kv_blocks": 256, "dtype": "float32"}):
+        yield running.target
 
 
 def open_replicas() -> list[str]:
@@ -171,28 +162,3 @@ def test_cancelling_the_stream_that_opened_the_channel_leaves_it_open(
         assert sum(len(c.token_ids) for c in chunks) == 60
         assert chunks[-1].finish_reason == "length"
         assert open_replicas()
-
-
-def test_on_its_own_call_a_requests_end_does_not_wait_for_its_turn(ray_cluster: None,
-                                                                   tiny_checkpoint: Path
-                                                                   ) -> None:
-    """A stream with no channel is paced by the replica's budget; its end goes out as it
-    comes, not one gap (here 20 s) after the previous item."""
-    from serve.llm_server import LLMServer
-
-    slow = LLMServer.func_or_class(EngineConfig(model=str(tiny_checkpoint), dtype="float32",
-                                                device="cpu", num_kv_blocks=64),
-                                   stream_items_per_s=0.05)
-
-    async def run() -> None:
-        start = time.monotonic()
-        chunks = await asyncio.wait_for(
-            drain(slow.generate(ServeRequest("paced", PROMPT, params(8)))), 30)
-        assert time.monotonic() - start < 10.0  # the first item, then the end: no 20 s gap
-        assert chunks[-1].final and chunks[-1].completion_tokens == 8
-        assert sum(len(chunk.token_ids) for chunk in chunks) == 8
-
-    try:
-        asyncio.run(run())
-    finally:
-        slow.engine.shutdown()

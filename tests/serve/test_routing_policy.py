@@ -1,4 +1,4 @@
-"""The router's ranking (serve/routing_policy.py) alone: no Ray, no Serve, exact choices."""
+"""The router's ranking (serve/routing/policy.py) alone: no Ray, no Serve, exact choices."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from serve.routing_policy import (
+from serve.routing.policy import (
     ReplicaLoad,
     RoutingDecision,
     RoutingPolicy,

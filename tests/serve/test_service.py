@@ -1,4 +1,5 @@
-"""The service end to end: real Ray Serve, its gRPC proxy over a socket, real redis-server.
+"""The service end to end: real Ray Serve, the Ingress replicas' own gRPC server over a
+socket, real redis-server.
 
 Two LLMServer replicas and two ingress replicas share one Redis prefix index.
 """
@@ -17,7 +18,7 @@ from model.sampling_params import SamplingParams
 from serve import LLM
 from serve.client import AsyncLLMClient, InvalidArgument, LLMClient, Unauthenticated
 from serve.grpc_api import llm_pb2, llm_pb2_grpc
-from tests.serve.conftest import RedisServer, call_each_replica, free_port
+from tests.serve.conftest import RedisServer, call_each_replica, start_service
 
 API_KEY = "test-key"
 BLOCK_SIZE = 16
@@ -26,26 +27,11 @@ GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def service(ray_cluster: None, tiny_checkpoint: Path, redis_server: RedisServer) -> Iterator[str]:
-    from ray import serve
-
-    from serve.app import start_serve
-    from serve.config import ServeConfig
-
-    config = ServeConfig(
-        model=str(tiny_checkpoint),
-        replicas=2,
-        ingress_replicas=2,
-        redis_url=redis_server.url,
-        api_key=API_KEY,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        accelerator="cpu",
-        engine={"num_kv_blocks": 512, "dtype": "float32"},
-        index_resync_s=1.0,
-    )
-    start_serve(config)
-    yield f"localhost:{config.grpc_port}"
-    serve.shutdown()
+    for running in start_service(
+            model=str(tiny_checkpoint), replicas=2, ingress_replicas=2,
+            redis_url=redis_server.url, api_key=API_KEY,
+            engine={"num_kv_blocks": 512, "dtype": "float32"}, index_resync_s=1.0):
+        yield running.target
 
 
 @pytest.fixture
@@ -312,3 +298,43 @@ def test_every_list_a_client_sends_is_bounded(client: LLMClient) -> None:
         client.generate("hi", max_tokens=2, stop_token_ids=list(range(100)))
     with pytest.raises(InvalidArgument, match="2000 messages"):
         client.chat([{"role": "user", "content": "hi"}] * 2000, max_tokens=2)
+
+
+def test_health_and_reflection_answer_on_the_service_port(service: str) -> None:
+    """The Ingress's own gRPC server answers grpc.health.v1 (Kubernetes' gRPC probes) and
+    server reflection (grpcurl) beside the LLM service, without an API key."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from serve.ingress.grpc_health import HealthCheckRequest, HealthCheckResponse
+
+    with grpc.insecure_channel(service) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                    request_serializer=HealthCheckRequest.SerializeToString,
+                                    response_deserializer=HealthCheckResponse.FromString)
+        deadline = time.monotonic() + 30
+        while check(HealthCheckRequest(), timeout=10).status != 1:  # SERVING
+            assert time.monotonic() < deadline, "the Ingress never became ready"
+            time.sleep(0.2)
+        named = HealthCheckRequest(service="mistral.serve.v1.LLMService")
+        assert check(named, timeout=10).status == 1
+        with pytest.raises(grpc.RpcError) as error:
+            check(HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for answer in answers
+                 for s in answer.list_services_response.service}
+    assert {"mistral.serve.v1.LLMService", "grpc.health.v1.Health"} <= names
+
+
+def test_every_ingress_replica_serves_the_shared_ports(service: str) -> None:
+    """Two Ingress replicas bound the same ports (SO_REUSEPORT); each one answers."""
+    ports = call_each_replica("mistral", "Ingress", "ports")
+    assert len(ports) == 2
+    assert {p["grpc"] for p in ports.values()} == {int(service.rsplit(":", 1)[1])}
+    deadline = time.monotonic() + 30
+    while not all(call_each_replica("mistral", "Ingress", "ready").values()):
+        assert time.monotonic() < deadline, "an Ingress replica never became ready"
+        time.sleep(0.2)

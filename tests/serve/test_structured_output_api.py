@@ -109,7 +109,7 @@ def test_errors_are_bad_requests_that_say_what_to_change(
 
 def test_sdk_structured_requests_sync_and_asyncio(service: Service) -> None:  # noqa: F811
     tokenizer = MistralV1Tokenizer.from_file(None)
-    with LLMClient(service.grpc_target, api_key=API_KEY, timeout_s=120) as sdk:
+    with LLMClient(service.target, api_key=API_KEY, timeout_s=120) as sdk:
         result = sdk.generate("Person:", json_schema=SCHEMA, max_tokens=300, seed=11)
         assert result.finish_reason == "stop"
         jsonschema.validate(json.loads(result.text), SCHEMA)
@@ -122,7 +122,7 @@ def test_sdk_structured_requests_sync_and_asyncio(service: Service) -> None:  # 
             sdk.generate("x", regex="a", choice=["b"])
 
     async def run(open_id: int, close_id: int) -> list[str]:
-        async with AsyncLLMClient(service.grpc_target, api_key=API_KEY, timeout_s=120) as aio:
+        async with AsyncLLMClient(service.target, api_key=API_KEY, timeout_s=120) as aio:
             results = await asyncio.gather(
                 aio.generate("Pick:", choice=["left", "right"], max_tokens=8, seed=13),
                 aio.generate("Code:", regex=r"\d{4}", max_tokens=8, seed=14),

@@ -9,7 +9,7 @@ from serve.engine.block_hash import hash_prompt_blocks
 from serve.engine.block_manager import BlockManager
 from serve.engine.kv_events import DEVICE, HOST, AllBlocksCleared, BlockRemoved, BlockStored
 from serve.prefix_index import PrefixIndex, TierMatch, leading_tier_counts
-from serve.routing_policy import (
+from serve.routing.policy import (
     PrefixCostModel,
     ReplicaLoad,
     RoutingDecision,

@@ -17,14 +17,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from serve.errors import ServiceError, Status
 from serve.protocol import ChannelBatch, ServeChunk
 
 # How long a channel with no request bound to it stays open.
 DEFAULT_IDLE_S = 2.0
 
 
-class ChannelClosedError(Exception):
-    """The channel ended before it sent a request's chunk."""
+class ChannelClosedError(ServiceError):
+    """The channel ended before it sent a request's chunk: the front end that held it is
+    gone or went away from this replica. Retryable."""
+
+    status = Status.UNAVAILABLE
+
+    def __init__(self, channel_id: str = "") -> None:
+        super().__init__("the stream to the front end closed; retry the request")
+        self.channel_id = channel_id
 
 
 class OutputChannel:

@@ -1,5 +1,5 @@
-"""What an LLMServer replica makes of its engine's outputs: the chunks it streams, the
-usage of a request's several choices, and the timing its metrics record."""
+"""What an LLMServer replica makes of its engine's outputs: the chunks it streams and the
+timing its metrics record (a request's several choices: serve/server/parent_request.py)."""
 
 from __future__ import annotations
 
@@ -41,31 +41,6 @@ def log_failure(request: ServeRequest, output: RequestOutput) -> None:
     if output.finished and output.outputs[0].finish_reason == "error":
         logger.error("request %s (client id %r) failed: %s", request.request_id,
                      request.client_request_id, output.error)
-
-
-class ChoiceUsage:
-    """The usage of a request's choices, so that only its last chunk says the request is
-    done, with every choice's tokens and the prompt once (the first choice's cache hit)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        # Per finished choice: its (prompt, completion, cached) token counts.
-        self.finished: dict[int, tuple[int, int, int]] = {}
-
-    def mark(self, chunk: ServeChunk) -> ServeChunk:
-        if self.n == 1 or not chunk.final:
-            return chunk
-        if chunk.error_code is not None:
-            return chunk  # one failed choice fails the request
-        self.finished[chunk.index] = (chunk.prompt_tokens, chunk.completion_tokens,
-                                      chunk.cached_tokens)
-        if len(self.finished) < self.n:
-            chunk.final = False
-            chunk.prompt_tokens = chunk.completion_tokens = chunk.cached_tokens = 0
-            return chunk
-        chunk.prompt_tokens, _, chunk.cached_tokens = self.finished[0]
-        chunk.completion_tokens = sum(counts[1] for counts in self.finished.values())
-        return chunk
 
 
 class RequestTiming:

@@ -1,6 +1,6 @@
 """The Ingress's ends of its output channels: one per LLMServer replica it streams from.
 
-A channel (serve/output_channel.py) is a long-lived Serve call to one replica, pinned there
+A channel (serve/server/channel.py) is a long-lived Serve call to one replica, pinned there
 by the router (``ChannelOpen``), whose items carry the chunks of every request of this
 Ingress on that replica. Requests name the channel (``ServeRequest.channel_id``); a replica
 that holds it sends their chunks there, one that does not answers on the request's own
@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from serve.chunk_stream import CoalescingStream
+from serve.ingress.collector import RequestCollector
 from serve.protocol import ChannelOpen, ServeChunk
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class IngressChannels:
         self._llm = llm
         self.open_timeout_s = open_timeout_s
         self.retry_after_s = retry_after_s
-        self._streams: dict[str, CoalescingStream] = {}
+        self._streams: dict[str, RequestCollector] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._open: set[str] = set()  # replicas whose channel acknowledged
         self._failed_at: dict[str, float] = {}
@@ -52,7 +52,7 @@ class IngressChannels:
         return {"open_replicas": sorted(self._open), "num_batches": self.num_batches,
                 "num_chunks": self.num_chunks}
 
-    def register(self, request_id: str, stream: CoalescingStream) -> None:
+    def register(self, request_id: str, stream: RequestCollector) -> None:
         self._streams[request_id] = stream
 
     def unregister(self, request_id: str) -> None:

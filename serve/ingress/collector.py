@@ -1,17 +1,13 @@
-"""The LLMServer's chunk stream as the front ends read it: read ahead, paced and coalesced.
+"""One request's output as the Ingress's servers read it: the chunks collected as they
+arrive, and merged when the reader is slower than the engine.
 
-A request's chunks reach its stream two ways: from the request's own Serve call (read
-ahead by a task of its own), or pushed by the Ingress's output channel to the replica
-(serve/ingress_channels.py), which then carries them instead. Each read takes everything
-waiting of one choice and returns it as one chunk (``merge_chunks``).
-
-Reads are paced by the Ingress's item budget (serve/stream_pacing.py): after a chunk, the
-next read waits until the stream's share of the budget has passed, so under load each
-item carries several tokens (every item costs a Serve hop to the proxy and a message), and
-a lone stream, or a few, still gets each token at once. The first read never waits, and
-neither does one with the request's last chunk or an error waiting; one that is waiting
-when they come ends its wait (with hundreds of streams the gap is most of a second, which
-every request's end would otherwise add to its latency).
+A request's chunks reach it two ways: from the request's own Serve call (read ahead by a
+task of its own), or pushed by the Ingress's output channel to the replica
+(serve/ingress/channels.py), which then carries them instead. Each read takes everything
+waiting of one choice and returns it as one chunk (``merge_chunks``). The engine makes one
+chunk per request per step, so a client that keeps up gets each step's tokens as they are
+made, and one that reads slower (its connection's flow control holds the server's write)
+gets several steps' tokens in one message. Nothing else paces a stream.
 
 An error chunk, or a failure of the call, is never merged with output before it: that output
 is returned first, and the error on the next read. The stream ends after the request's
@@ -22,14 +18,12 @@ final chunk; a call that ends without one (its chunks were on a channel) is give
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from serve.errors import StreamLostError
 from serve.protocol import ServeChunk, merge_chunks
-from serve.stream_pacing import StreamPacer, StreamPause
 
 # How long a stream whose call ended waits for its final chunk from the channel.
 CHANNEL_END_GRACE_S = 5.0
@@ -44,33 +38,22 @@ class _End:
         self.error = error
 
 
-def _ends_pacing(item: ServeChunk | _End) -> bool:
-    """Whether ``item`` goes out without waiting for the stream's turn: the request's end,
-    an error, or the end of its call."""
-    return isinstance(item, _End) or item.final or item.error_code is not None
-
-
-class CoalescingStream:
-    def __init__(self, stream: Any, pacer: StreamPacer | None = None,
+class RequestCollector:
+    def __init__(self, stream: Any,
                  on_call_chunk: Callable[[ServeChunk], None] | None = None,
                  on_close: Callable[[], None] | None = None,
                  end_grace_s: float = 0.0) -> None:
         """``end_grace_s``: how long to wait for pushed chunks after the call ended
         cleanly; 0 for a stream nothing is pushed to."""
         self._stream = stream
-        self._pacer = pacer
         self._on_call_chunk = on_call_chunk
         self._on_close = on_close
         self._end_grace_s = end_grace_s
         self._queue: asyncio.Queue[ServeChunk | _End] = asyncio.Queue()
         self._ready: deque[ServeChunk | _End] = deque()
-        self._last_read: float | None = None  # when the previous chunk was returned
         self._done = False  # the final chunk was returned
         self._call_ended = False  # the call ended cleanly
         self._closed = False
-        self._pause = StreamPause(pacer) if pacer is not None else None
-        if pacer is not None:
-            pacer.live += 1
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
@@ -93,10 +76,8 @@ class CoalescingStream:
 
     def _put(self, item: ServeChunk | _End) -> None:
         self._queue.put_nowait(item)
-        if self._pause is not None and _ends_pacing(item):
-            self._pause.end()
 
-    def __aiter__(self) -> CoalescingStream:
+    def __aiter__(self) -> RequestCollector:
         return self
 
     async def __anext__(self) -> ServeChunk:
@@ -109,8 +90,7 @@ class CoalescingStream:
     async def _next(self) -> ServeChunk:
         if self._done:
             raise StopAsyncIteration
-        await self._pace()
-        self._drain()  # what came during the wait goes in this read
+        self._drain()
         while not self._ready:
             if self._call_ended:
                 # The call ended cleanly before the final chunk: it travels on the channel.
@@ -135,7 +115,6 @@ class CoalescingStream:
                 break
         if chunks:
             chunk = merge_chunks(chunks)
-            self._last_read = time.monotonic()
             if chunk.final:
                 self._done = True
                 self._close()
@@ -154,18 +133,10 @@ class CoalescingStream:
         while not self._queue.empty():
             self._take(self._queue.get_nowait())
 
-    async def _pace(self) -> None:
-        """Wait out this stream's share of the item budget since its previous chunk, unless
-        the request's end or an error has come (``_put`` ends the pause then)."""
-        if self._pause is not None and self._last_read is not None:
-            await self._pause.after(self._last_read)
-
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._pacer is not None:
-            self._pacer.live -= 1
         if self._on_close is not None:
             self._on_close()
 

@@ -1,6 +1,6 @@
 """The router's ranking as pure functions: session owner, then longest cached prefix, then load.
 
-No Ray and no Serve here: ``serve/router.py`` gathers the inputs (index lookups, queue
+No Ray and no Serve here: ``serve/routing/router.py`` gathers the inputs (index lookups, queue
 lengths) and maps the chosen ids back to replicas, so each rule is unit-tested alone.
 
 The rules, for one request over the candidate replicas:

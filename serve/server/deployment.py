@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
 from serve.engine.async_engine import AsyncLLMEngine
-from serve.engine.choices import choice_params, choice_request_id
 from serve.engine.config import EngineConfig
-from serve.engine.errors import EngineDeadError
 from serve.engine.factory import create_engine
-from serve.engine.request import RequestOutput
-from serve.errors import ServiceError, Status
+from serve.engine.request import RequestOutput, coalesce
+from serve.errors import Status, status_of
 from serve.metrics import ServerMetrics
-from serve.output_channel import ChannelClosedError, OutputChannel
 from serve.prefix_index.access import make_publisher
 from serve.protocol import ChannelBatch, ChannelOpen, ServeChunk, ServeRequest
-from serve.server_outputs import ChoiceUsage, RequestTiming, log_failure, output_chunk
-from serve.stream_interleave import interleave
-from serve.stream_pacing import StreamPacer, StreamPause
+from serve.server.channel import ChannelClosedError, OutputChannel
+from serve.server.outputs import RequestTiming
+from serve.server.parent_request import ParentRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +33,7 @@ METRICS_PERIOD_S = 5.0
 @serve.deployment(name="LLMServer")
 class LLMServer:
     def __init__(self, config: EngineConfig, redis_url: str | None = None,
-                 index_resync_s: float = 30.0,
-                 stream_items_per_s: float = 1000.0) -> None:
+                 index_resync_s: float = 30.0) -> None:
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (tests, benchmarks)
@@ -48,7 +43,6 @@ class LLMServer:
         self.engine = AsyncLLMEngine(engine)
         self.model_config = engine.model_config
         self.index_resync_s = index_resync_s
-        self.pacer = StreamPacer(stream_items_per_s)
         self.channels: dict[str, OutputChannel] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self.metrics = ServerMetrics()
@@ -95,110 +89,81 @@ class LLMServer:
                 logger.exception("republishing cached blocks failed")
 
     async def generate(self, request: ServeRequest) -> AsyncIterator[ServeChunk]:
-        """Stream the request's output; errors arrive as a final chunk with error_code.
+        """Stream the request's output, one item per engine step (every choice's new output
+        since the previous item, merged per choice); errors arrive as a final chunk with
+        error_code.
 
         With the request's output channel open here, the chunks go there instead and this
-        call ends, with nothing, once the final one is sent (serve/output_channel.py)."""
+        call ends, with nothing, once the final one is sent (serve/server/channel.py)."""
         self._ensure_resync()
         timing = RequestTiming(time.perf_counter())
+        parent = ParentRequest(request, self.replica_id, timing)
         channel = self.channels.get(request.channel_id) if request.channel_id else None
         if channel is not None and channel.closed:  # closing: the call carries the chunks
             channel = None
-        pacer = self.pacer
-        pacer.live += channel is None
         try:
             if channel is not None:
-                await self._on_channel(request, channel, timing)
+                await self._on_channel(parent, channel)
                 return
-            choices = ChoiceUsage(request.params.n)
-            # A choice's end (or an error) goes out without waiting its turn; after one,
-            # the rest of the request does too.
-            pause = StreamPause(pacer)
-            async for index, output in self._outputs(request, pause.end):
-                chunk = self._chunk_of(request, timing, choices, index, output)
-                yield chunk
-                if chunk.error_code is not None:
-                    break  # the other choices are cancelled on the way out
-                if not chunk.final:
-                    await pause.after(time.monotonic())
+            ready: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
+            await parent.start(self.engine, lambda i, item: ready.put_nowait((i, item)))
+            while True:
+                items = [await ready.get()]
+                while not ready.empty():
+                    items.append(ready.get_nowait())
+                chunks, failure = _chunks_of(parent, items)
+                for chunk in chunks:
+                    yield chunk
+                    if chunk.final or chunk.error_code is not None:
+                        return
+                if failure is not None:
+                    raise failure
         except Exception as exc:
             timing.failed = True
             yield self._error_for(request, exc)
         finally:
-            pacer.live -= channel is None
             # Also reached when the caller leaves early (GeneratorExit): an abort.
+            if not parent.complete:
+                parent.abort(self.engine)
             with contextlib.suppress(Exception):  # metrics never fail a request
                 self.metrics.record_request(timing.record())
 
-    async def _on_channel(self, request: ServeRequest, channel: OutputChannel,
-                          timing: RequestTiming) -> None:
+    async def _on_channel(self, parent: ParentRequest, channel: OutputChannel) -> None:
         """Run the request with its chunks put on ``channel`` straight from the engine's
         hand-off (no coroutine per request per step); return once the final one is sent."""
-        n = request.params.n
-        choices = ChoiceUsage(n)
-        ids = [choice_request_id(request.request_id, i, n) for i in range(n)]
+        request_id = parent.request.request_id
         # The number of the batch with the request's last chunk, or why it ended early.
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        complete = False
 
         def put(index: int, item: RequestOutput | BaseException) -> None:
-            nonlocal complete
             if done.done():
                 return
             if isinstance(item, BaseException):
                 done.set_exception(item)
                 return
-            chunk = self._chunk_of(request, timing, choices, index, item)
+            chunk = parent.chunk(index, item)
             try:
-                batch = channel.put(request.request_id, chunk)
+                batch = channel.put(request_id, chunk)
             except ChannelClosedError as exc:
                 done.set_exception(exc)
                 return
-            if chunk.error_code is not None:
-                done.set_result(batch)
-            elif chunk.final:
-                complete = True
+            if chunk.final or chunk.error_code is not None:
                 done.set_result(batch)
 
         channel.num_bound += 1
         try:
-            for i, choice_id in enumerate(ids):
-                await self.engine.start(request.prompt_token_ids,
-                                        choice_params(request.params, i), choice_id,
-                                        request.cache_salt, functools.partial(put, i))
+            await parent.start(self.engine, put)
             await channel.sent(await done)
         finally:
             channel.num_bound -= 1
-            if not complete:  # failed, cancelled, or a choice failed: stop the others
-                for choice_id in ids:
-                    with contextlib.suppress(EngineDeadError):
-                        self.engine.abort(choice_id)
-
-    def _chunk_of(self, request: ServeRequest, timing: RequestTiming, choices: ChoiceUsage,
-                  index: int, output: RequestOutput) -> ServeChunk:
-        """Choice ``index``'s engine output as the chunk to send (its timing noted, a
-        failure logged)."""
-        if index == 0:
-            timing.saw(output)
-        log_failure(request, output)
-        return choices.mark(output_chunk(output, request.echo_id, self.replica_id, index))
 
     def _error_for(self, request: ServeRequest, exc: Exception) -> ServeChunk:
-        """The final chunk that reports ``exc`` to the client."""
-        if isinstance(exc, ChannelClosedError):
-            return self._error(request, Status.UNAVAILABLE,
-                               "the stream to the front end closed; retry the request")
-        if isinstance(exc, ServiceError):
-            return self._error(request, exc.status, exc.message)
-        if isinstance(exc, ValueError):  # the model layer's own validation (sampling)
-            return self._error(request, Status.INVALID_ARGUMENT, str(exc))
-        logger.error("request %s (client id %r) failed", request.request_id,
-                     request.client_request_id, exc_info=exc)
-        return self._error(request, Status.INTERNAL,
-                           f"internal error (request {request.request_id}); retry later")
+        """The final chunk that reports ``exc`` to the client (``status_of`` decides)."""
+        error = status_of(exc, request.request_id)
+        return self._error(request, error.status, error.message)
 
     async def channel(self, opening: ChannelOpen) -> AsyncIterator[ChannelBatch]:
-        """An Ingress's output channel on this replica (serve/output_channel.py): an empty
+        """An Ingress's output channel on this replica (serve/server/channel.py): an empty
         item once it is open, then the chunks of the requests that name it. Ends at once
         when sent to another replica, and by itself when idle."""
         if opening.replica_id != self.replica_id:
@@ -218,21 +183,13 @@ class LLMServer:
         return ServeChunk(request.echo_id, finish_reason="error", error_code=status,
                           error=message, replica_id=self.replica_id, final=True)
 
-    def _outputs(self, request: ServeRequest, on_end: Callable[[], None]
-                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """The engine's outputs with their choice index; several choices run as engine
-        requests of their own over the same prompt (serve/engine/choices.py). ``on_end``:
-        a choice's last output, or its error, arrived."""
-        n = request.params.n
-        streams = [self.engine.generate(request.prompt_token_ids, choice_params(request.params, i),
-                                        choice_request_id(request.request_id, i, n),
-                                        request.cache_salt, on_end)
-                   for i in range(n)]
-        return interleave(streams)
-
     async def stats(self) -> dict[str, Any]:
         stats = await self._engine_stats()
         return {"replica_id": self.replica_id, **stats.__dict__}
+
+    async def ready(self) -> bool:
+        """Whether this replica serves (the Ingress's readiness asks it through Serve)."""
+        return self.engine.dead_reason is None
 
     async def check_health(self) -> None:
         """Serve replaces the replica when this raises."""
@@ -259,3 +216,16 @@ class LLMServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def _chunks_of(parent: ParentRequest, items: list[tuple[int, RequestOutput | BaseException]]
+               ) -> tuple[list[ServeChunk], BaseException | None]:
+    """One engine hand-off (or several, if the reader fell behind) as chunks, each choice's
+    outputs merged into one, and the error that ended a choice, if one came (it is raised
+    after the output before it is sent)."""
+    outputs: dict[int, list[RequestOutput]] = {}
+    for index, item in items:
+        if isinstance(item, BaseException):
+            return [parent.chunk(i, coalesce(group)) for i, group in outputs.items()], item
+        outputs.setdefault(index, []).append(item)
+    return [parent.chunk(index, coalesce(group)) for index, group in outputs.items()], None

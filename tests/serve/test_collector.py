@@ -1,19 +1,17 @@
-"""CoalescingStream's merging, pacing and ending rules, on an asyncio source the test paces.
+"""RequestCollector's merging and ending rules, on an asyncio source the test paces.
 The Serve stream and output channel it reads in the service are covered by the service
 tests (tests/serve/test_service.py, test_output_channels.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from serve.chunk_stream import CoalescingStream
 from serve.errors import Status, StreamLostError
+from serve.ingress.collector import RequestCollector
 from serve.protocol import ServeChunk
-from serve.stream_pacing import StreamPacer
 
 
 class Source:
@@ -43,7 +41,7 @@ def chunk(text: str, token: int, **kwargs: object) -> ServeChunk:
 def test_a_reader_that_keeps_up_gets_each_chunk_and_one_that_lags_gets_them_joined() -> None:
     async def run() -> None:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         source.items.put_nowait(chunk("a", 1))
         first = await stream.__anext__()
         assert (first.text, first.token_ids) == ("a", [1])
@@ -64,7 +62,7 @@ def test_a_reader_that_keeps_up_gets_each_chunk_and_one_that_lags_gets_them_join
 def test_output_before_an_error_or_a_failure_comes_first() -> None:
     async def run() -> None:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         source.items.put_nowait(chunk("a", 1))
         source.items.put_nowait(ServeChunk("r", finish_reason="error",
                                            error_code=Status.UNAVAILABLE, error="gone"))
@@ -74,7 +72,7 @@ def test_output_before_an_error_or_a_failure_comes_first() -> None:
         assert (await stream.__anext__()).error_code == Status.UNAVAILABLE
 
         failing = Source()
-        stream = CoalescingStream(failing)
+        stream = RequestCollector(failing)
         failing.items.put_nowait(chunk("x", 9))
         failing.items.put_nowait(RuntimeError("replica died"))
         await asyncio.sleep(0.05)
@@ -90,7 +88,7 @@ def test_output_before_an_error_or_a_failure_comes_first() -> None:
 def test_chunks_of_different_choices_are_never_joined() -> None:
     async def run() -> list[tuple[int, str]]:
         source = Source()
-        stream = CoalescingStream(source)
+        stream = RequestCollector(source)
         for index, text in [(0, "a"), (0, "b"), (1, "x"), (0, "c"), (1, "y")]:
             source.items.put_nowait(chunk(text, 1, index=index))
         source.items.put_nowait(None)
@@ -104,7 +102,7 @@ def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_
     async def run() -> None:
         closed: list[bool] = []
         source = Source()
-        stream = CoalescingStream(source, on_close=lambda: closed.append(True),
+        stream = RequestCollector(source, on_close=lambda: closed.append(True),
                                   end_grace_s=5.0)
         stream.push(chunk("a", 1))
         assert (await stream.__anext__()).text == "a"
@@ -122,74 +120,9 @@ def test_pushed_chunks_join_the_calls_and_the_final_one_may_come_after_the_call_
 
         # A final chunk that never comes: the stream fails after the grace.
         lost = Source()
-        stream = CoalescingStream(lost, end_grace_s=0.1)
+        stream = RequestCollector(lost, end_grace_s=0.1)
         lost.items.put_nowait(None)
         with pytest.raises(StreamLostError):
             await asyncio.wait_for(stream.__anext__(), 5)
-
-    asyncio.run(run())
-
-
-def test_reads_are_paced_by_the_budget_except_the_first_and_the_last() -> None:
-    async def run() -> None:
-        pacer = StreamPacer(items_per_s=1.0)  # one live stream: a read per second
-        source = Source()
-        stream = CoalescingStream(source, pacer)
-        assert pacer.live == 1
-        source.items.put_nowait(chunk("a", 1))
-        start = time.monotonic()
-        assert (await stream.__anext__()).text == "a"  # the first read never waits
-        source.items.put_nowait(chunk("b", 2))
-        source.items.put_nowait(chunk("c", 3))
-        paced = await stream.__anext__()
-        assert time.monotonic() - start >= 0.9
-        assert paced.text == "bc"  # what came meanwhile, as one chunk
-        pacer.items_per_s = 0.2  # a 5 s gap now
-        source.items.put_nowait(chunk("d", 4, finish_reason="stop", final=True))
-        await asyncio.sleep(0.05)
-        start = time.monotonic()
-        assert (await stream.__anext__()).final  # the last chunk does not wait its turn
-        assert time.monotonic() - start < 2.5
-        assert pacer.live == 0
-
-    asyncio.run(run())
-
-
-@pytest.mark.parametrize("end", ["final", "error", "call_failed"])
-def test_a_read_waiting_its_turn_ends_the_wait_when_the_request_ends(end: str) -> None:
-    """The budget's gap holds back more output, never the request's end: with hundreds of
-    streams the gap is most of a second, which every request would add to its latency."""
-    async def run() -> None:
-        pacer = StreamPacer(items_per_s=0.2)  # one live stream: a 5 s gap
-        source = Source()
-        stream = CoalescingStream(source, pacer, on_call_chunk=lambda _: None)
-        source.items.put_nowait(chunk("a", 1))
-        assert (await stream.__anext__()).text == "a"
-        source.items.put_nowait(chunk("b", 2))
-        start = time.monotonic()
-        read = asyncio.ensure_future(stream.__anext__())
-        await asyncio.sleep(0.2)
-        assert not read.done()  # "b" waits its turn
-        if end == "final":
-            stream.push(chunk("c", 3, finish_reason="stop", final=True))
-        elif end == "error":
-            stream.push(ServeChunk("r", finish_reason="error", final=True,
-                                   error_code=Status.UNAVAILABLE, error="gone"))
-        else:
-            source.items.put_nowait(RuntimeError("the replica died"))
-        got = await asyncio.wait_for(read, 2.0)
-        assert time.monotonic() - start < 2.0
-        if end == "final":
-            assert (got.text, got.final) == ("bc", True)
-        else:
-            # Output before a failure comes first, and the failure on the next read, at once.
-            assert got.text == "b"
-            if end == "error":
-                assert (await stream.__anext__()).error_code == Status.UNAVAILABLE
-            else:
-                with pytest.raises(RuntimeError):
-                    await stream.__anext__()
-        assert time.monotonic() - start < 2.0
-        assert pacer.live == 0 or end != "final"
 
     asyncio.run(run())

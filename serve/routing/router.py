@@ -4,11 +4,11 @@ Ranking for each request: (1) the replica its session was served by, (2) the rep
 where its prompt's cached prefix saves the most prefill (device blocks, then host blocks at
 the price of their copy), (3) the less loaded of two random replicas; a replica at its
 load cap is skipped by (1) and (2). The decision itself is the pure
-``serve.routing_policy`` (tested without Serve); this module gathers its inputs from the
+``serve.routing.policy`` (tested without Serve); this module gathers its inputs from the
 prefix index and Serve's queue lengths, and records the outcome. With one candidate there
 is nothing to rank, and the index is not asked.
 
-An Ingress's output channel (``ChannelOpen``, serve/ingress_channels.py) goes to the
+An Ingress's output channel (``ChannelOpen``, serve/ingress/channels.py) goes to the
 replica it names, and only there.
 """
 
@@ -30,7 +30,7 @@ from serve.metrics import router_metrics
 from serve.prefix_index.access import RouterIndex
 from serve.prefix_index.base import TierMatch
 from serve.protocol import ChannelOpen, ServeRequest
-from serve.routing_policy import (
+from serve.routing.policy import (
     ReplicaLoad,
     RoutingDecision,
     RoutingPolicy,
@@ -90,24 +90,25 @@ class PrefixSessionRouter(FIFOMixin, RequestRouter):
             # until the Ingress gives up on it); it is no routing decision.
             pinned = [r for r in candidate_replicas if replica_key(r) == opening.replica_id]
             return [pinned] if pinned else []
+        request = _serve_request(pending_request)
+        if request is None:  # a probe or a stats call: any replica, no routing decision
+            return [candidate_replicas]
         if len(candidate_replicas) == 1:
             # Nothing to rank: the index lookups, a round trip each, cannot change the
             # answer (a session still records its owner, in on_request_routed).
             self._decided("load")
             return [candidate_replicas]
-        request = _serve_request(pending_request)
         index_failures = self.index.num_failures
         decision: RoutingDecision | None = None
         matches: dict[str, TierMatch] = {}
-        if request is not None:
-            if request.session_id:
-                owner_id = await self.index.get_session(request.session_id)
-                # Loads are read after each lookup: the queue-length cache moves meanwhile.
-                decision = choose_session_owner(owner_id, self._loads(candidate_replicas),
-                                                self.policy)
-            # Asked only when the session did not decide: each lookup is a round trip.
-            if decision is None:
-                matches = await self.index.match_prefix_tiers(request.block_hashes)
+        if request.session_id:
+            owner_id = await self.index.get_session(request.session_id)
+            # Loads are read after each lookup: the queue-length cache moves meanwhile.
+            decision = choose_session_owner(owner_id, self._loads(candidate_replicas),
+                                            self.policy)
+        # Asked only when the session did not decide: each lookup is a round trip.
+        if decision is None:
+            matches = await self.index.match_prefix_tiers(request.block_hashes)
         if decision is None:
             # "fallback": the index failed during this request, so affinity was not weighed.
             decision = choose_by_prefix_or_load(
