@@ -155,7 +155,11 @@ def expected_serve_config(values: dict[str, Any] | None = None) -> dict[str, Any
         model=v["model"]["path"],
         tensor_parallel_size=v["tensorParallelSize"],
         replicas=v["replicas"],
-        ingress_replicas=v["ingressReplicas"],
+        # One front door per pod that takes traffic: the CPU pods if any, else the GPU pods
+        # Serve always keeps.
+        ingress_replicas=v["cpuWorker"]["replicas"] or (
+            scaling["minReplicas"] if scaling["enabled"] else v["replicas"]),
+        ingress_replicas_per_node=1,
         accelerator="gpu",
         autoscaling=AutoscalingBounds(
             min_replicas=scaling["minReplicas"], max_replicas=scaling["maxReplicas"],
@@ -166,13 +170,13 @@ def expected_serve_config(values: dict[str, Any] | None = None) -> dict[str, Any
         redis_url=external_url or None,
         grpc_port=v["ports"]["grpc"],
         http_port=v["ports"]["http"],
+        host="0.0.0.0",
         app_name=v["appName"],
         limits=Limits(max_prompt_tokens=v["limits"].get("maxPromptTokens"),
                       max_new_tokens=v["limits"]["maxNewTokens"],
                       max_message_bytes=v["limits"]["maxMessageBytes"]),
         session_ttl_s=v["sessionTtlSeconds"],
         index_resync_s=v["indexResyncSeconds"],
-        stream_items_per_s=v["streamItemsPerSecond"],
         prefix_routing=v["prefixRouting"],
         max_ongoing_requests=v["maxOngoingRequests"],
         engine=v["engine"],

@@ -57,11 +57,6 @@ def test_one_gpu_pod_per_model_copy(values: dict[str, Any], release: str) -> Non
         assert cpu["rayStartParams"]["num-gpus"] == "0"
 
 
-# The chart still puts gRPC and HTTP on Serve's proxies; the Ingress replicas serve them
-# now (issue 22): serveConfigV2 must say proxy_location Disabled and pass the ports and host
-# in the args. Strict: this fails, to be removed, once the chart exports the same document.
-@pytest.mark.xfail(strict=True, reason="the chart's serveConfigV2 predates the Ingress's own "
-                   "servers (issue 22); helm/ is changed on its own branch")
 @pytest.mark.parametrize(("values", "release"), ci_params())
 def test_serve_config_is_what_the_cli_exports(values: dict[str, Any], release: str) -> None:
     document = yaml.safe_load(the(render(values, release), "RayService")["spec"]["serveConfigV2"])
@@ -69,9 +64,14 @@ def test_serve_config_is_what_the_cli_exports(values: dict[str, Any], release: s
     assert document == expected_serve_config(values)
     # And its args are a valid ServeConfig that exports the very same document.
     (app,) = document["applications"]
-    config = ServeConfig(**app["args"], grpc_port=document["grpc_options"]["port"],
-                         http_port=document["http_options"]["port"])
-    assert serve_config(config) == document
+    assert serve_config(ServeConfig(**app["args"])) == document
+    # Serve's proxies are off: the Ingress replicas bind the service's ports on every
+    # interface of their pods (a proxy on the same port would collide with them).
+    assert document["proxy_location"] == "Disabled"
+    assert "http_options" not in document and "grpc_options" not in document
+    v = merged_values(values)
+    assert (app["args"]["grpc_port"], app["args"]["http_port"], app["args"]["host"]) == (
+        v["ports"]["grpc"], v["ports"]["http"], "0.0.0.0")
 
 
 @pytest.mark.parametrize(("values", "message"), [

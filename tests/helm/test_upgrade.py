@@ -63,14 +63,21 @@ def test_a_load_balancer_keeps_its_node_ports_and_source_ranges() -> None:
     spec = serve_service(rayservice, cluster="active")["spec"]
     assert {p["name"]: p["nodePort"] for p in spec["ports"]} == {"serve": 30800, "serve-grpc": 30900}
     assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(("values", "release"), ci_params())
+def test_the_head_is_never_in_the_service(values: dict[str, Any], release: str) -> None:
+    """The head runs no Ingress (num-cpus 0), so nothing serves its ports: it must stay out
+    of <name>-serve-svc even if KubeRay's check of its port answered. KubeRay does not need
+    it there to call the app healthy: it reads the applications' status from the dashboard
+    (rayservice_controller.go getAndCheckServeStatus: GET /api/serve/applications/ through
+    utils/dashboardclient/dashboard_httpclient.go, RUNNING or not), never from a proxy, and
+    only sets the head's ray.io/serve label from its serve port when
+    excludeHeadPodFromServeSvc is false (updateHeadPodServeLabel)."""
+    rayservice = the(render(values, release), "RayService")
     assert rayservice["spec"]["excludeHeadPodFromServeSvc"] is True
-
-
-def test_the_head_is_in_the_service_only_while_its_proxy_is_healthy() -> None:
-    rayservice = the(render(), "RayService")
     selector = serve_service(rayservice, cluster="active")["spec"]["selector"]
-    assert selects(selector, pod_labels(rayservice, "head", "active"))
-    assert not selects(selector, pod_labels(rayservice, "head", "active", head_proxy_healthy=False))
+    assert not selects(selector, pod_labels(rayservice, "head", "active"))
 
 
 def test_head_ports_are_named_as_kuberay_reads_them() -> None:

@@ -1,9 +1,10 @@
 {{/*
 serveConfigV2: the same document `serve.app.serve_config(ServeConfig)` exports, so the
 cluster builds the app exactly as `mistral-serve up` does (tests/helm compares the two).
-`args` is ServeConfig.model_dump(exclude_none=True) minus the ports and host, which live in
-http_options / grpc_options. Secrets never go in here: the API key and a Redis URL with a
-password reach ServeConfig.from_env through env vars on the Ray pods (templates/_pod.tpl).
+Serve's proxies are off (proxy_location Disabled): each Ingress replica serves gRPC and HTTP
+itself on the ports in `args`, bound to every interface of its pod. Secrets never go in
+here: the API key and a Redis URL with a password reach ServeConfig.from_env through env
+vars on the Ray pods (templates/_pod.tpl).
 */}}
 {{- define "mistral-serve.serveArgs" -}}
 {{- $v := .Values }}
@@ -15,13 +16,16 @@ password reach ServeConfig.from_env through env vars on the Ray pods (templates/
       "model" $v.model.path
       "tensor_parallel_size" $v.tensorParallelSize
       "replicas" $v.replicas
-      "ingress_replicas" $v.ingressReplicas
+      "ingress_replicas" (include "mistral-serve.ingressPods" . | int)
+      "ingress_replicas_per_node" 1
       "accelerator" "gpu"
       "app_name" $v.appName
       "limits" $limits
+      "grpc_port" (int $v.ports.grpc)
+      "http_port" (int $v.ports.http)
+      "host" "0.0.0.0"
       "session_ttl_s" $v.sessionTtlSeconds
       "index_resync_s" $v.indexResyncSeconds
-      "stream_items_per_s" $v.streamItemsPerSecond
       "prefix_routing" $v.prefixRouting
       "max_ongoing_requests" $v.maxOngoingRequests
       "engine" ($v.engine | default (dict)) }}
@@ -47,12 +51,22 @@ password reach ServeConfig.from_env through env vars on the Ray pods (templates/
       "route_prefix" "/"
       "import_path" "serve.app:build"
       "args" (include "mistral-serve.serveArgs" . | fromYaml) }}
-{{- $config := dict
-      "proxy_location" "EveryNode"
-      "http_options" (dict "host" "0.0.0.0" "port" $v.ports.http)
-      "grpc_options" (dict
-        "port" $v.ports.grpc
-        "grpc_servicer_functions" (list "serve.grpc_service.add_llm_service_to_server"))
-      "applications" (list $app) }}
+{{- $config := dict "proxy_location" "Disabled" "applications" (list $app) }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/*
+The pods that take traffic, one Ingress replica each (ingress_replicas_per_node 1): the CPU
+pods when there are any, else the GPU pods Serve always keeps (replicas, or
+autoscaling.minReplicas). Only pods that exist anyway: one more Ingress than such pods would
+wait for a node of its own, and Ray's autoscaler would start a GPU pod just to hold it. GPU
+pods added above that floor carry no Ingress, so they stay NotReady and out of the Service;
+the fixed front doors route to their model copies.
+*/}}
+{{- define "mistral-serve.ingressPods" -}}
+{{- if gt (int .Values.cpuWorker.replicas) 0 }}
+{{- int .Values.cpuWorker.replicas }}
+{{- else }}
+{{- include "mistral-serve.minGpuPods" . }}
+{{- end }}
 {{- end }}
