@@ -91,6 +91,39 @@ def running_pod_specs(rayservice: Manifest) -> dict[str, Manifest]:
     return pods
 
 
+def readiness_probe(rayservice: Manifest, group: str) -> Manifest:
+    """The readiness probe of ``group``'s Ray container once KubeRay built the pod
+    (common/pod.go initLivenessAndReadinessProbe, called from BuildPod unless the operator's
+    ENABLE_PROBES_INJECTION is false): a probe the template sets is kept as is. Otherwise,
+    on a RayService worker, a bash exec of ``wget ... | grep success`` against
+    ``localhost:52365/api/local_raylet_healthz`` and ``localhost:<port named serve, else
+    8000>/-/healthz``, timeout 2 s, period 5 s, failureThreshold 1
+    (utils/constant.go RayServeProxyHealthPath, ServeReadinessProbeFailureThreshold); on the
+    head the raylet and GCS health only (from Ray 2.53 one HTTP GET of the agent's
+    /api/healthz), as the head's Serve health is its ray.io/serve label instead."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    if group == "head":
+        container = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    else:
+        (spec,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == group]
+        container = spec["template"]["spec"]["containers"][0]
+    if "readinessProbe" in container:
+        return container["readinessProbe"]
+    wget = "wget --tries 1 -T {} -q -O- http://localhost:{}/{} | grep success"
+    commands = [wget.format(2, 52365, "api/local_raylet_healthz")]
+    if group == "head":
+        if _version(cluster["rayVersion"]) >= (2, 53, 0):  # supportsUnifiedHealthCheck
+            return {"httpGet": {"path": "/api/healthz", "port": 52365}, "failureThreshold": 10}
+        return {"exec": {"command": ["bash", "-c", " && ".join(
+            [*commands, wget.format(10, 8265, "api/gcs_healthz")])]}, "failureThreshold": 10}
+    serve = next((p["containerPort"] for p in container.get("ports", [])
+                  if p["name"] == "serve"), 8000)
+    commands.append(wget.format(10, serve, "-/healthz"))
+    return {"exec": {"command": ["bash", "-c", " && ".join(commands)]},
+            "initialDelaySeconds": 10, "timeoutSeconds": 2, "periodSeconds": 5,
+            "successThreshold": 1, "failureThreshold": 1}
+
+
 REDIS_CLEANUP_DEADLINE_S = 300  # buildRedisCleanupJob: ActiveDeadlineSeconds
 
 

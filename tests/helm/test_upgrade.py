@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from tests.helm.chart import ci_params, ci_values, merged_values, of_kind, ray_groups, render, the
-from tests.helm.kuberay import cluster_action, pod_labels, reconcile_serve_service, serve_service
+from tests.helm.kuberay import (
+    cluster_action,
+    pod_labels,
+    readiness_probe,
+    reconcile_serve_service,
+    serve_service,
+)
 
 INCREMENTAL = {"autoscaling": {"enabled": True},
                "upgrade": {"strategy": "NewClusterWithIncrementalUpgrade",
@@ -80,12 +86,41 @@ def test_the_head_is_never_in_the_service(values: dict[str, Any], release: str) 
     assert not selects(selector, pod_labels(rayservice, "head", "active"))
 
 
+@pytest.mark.parametrize(("values", "release"), ci_params())
+def test_a_worker_is_ready_only_while_its_ingress_can_serve(
+        values: dict[str, Any], release: str) -> None:
+    """Every worker group (GPU and CPU: either may hold an Ingress replica) gets the chart's
+    readiness probe, so KubeRay adds none of its own: the Ingress's /-/healthz on the HTTP
+    port, 200 only with a live LLMServer behind it. Readiness alone: the chart sets no
+    liveness probe, so KubeRay's raylet check stays the only one (common/pod.go
+    initLivenessAndReadinessProbe injects each probe only where the template has none)."""
+    v = merged_values(values)
+    rayservice = the(render(values, release), "RayService")
+    for name, group in ray_groups(rayservice).items():
+        container = group["template"]["spec"]["containers"][0]
+        assert "livenessProbe" not in container, name
+        if name == "head":
+            # No Ingress there: KubeRay's own raylet/GCS probe, no Serve check.
+            assert "-/healthz" not in str(readiness_probe(rayservice, name))
+            continue
+        probe = readiness_probe(rayservice, name)
+        assert probe["httpGet"] == {"path": "/-/healthz", "port": "serve"}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["serve"] == v["ports"]["http"]
+        assert ports["serve-grpc"] == v["ports"]["grpc"]
+        # Out of the Service after two misses, not after one slow answer.
+        assert probe["periodSeconds"] * probe["failureThreshold"] == 10
+        assert probe["timeoutSeconds"] < probe["periodSeconds"]
+
+
 def test_head_ports_are_named_as_kuberay_reads_them() -> None:
     rayservice = the(render(), "RayService")
     head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     ports = {p["name"]: p["containerPort"] for p in head["containers"][0]["ports"]}
     # gcs-server and dashboard are how the operator finds the GCS and the dashboard; the Ray
-    # client port (10001) is left off <name>-head-svc.
+    # client port (10001) is left off <name>-head-svc. Nothing listens on serve and
+    # serve-grpc there (no Ingress on the head), but KubeRay takes <name>-serve-svc's ports
+    # from the head's container (common/service.go BuildServeService).
     assert ports == {"gcs-server": 6379, "dashboard": 8265, "metrics": 8080,
                      "serve": 8000, "serve-grpc": 9000}
 

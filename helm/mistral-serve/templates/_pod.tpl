@@ -61,6 +61,28 @@ spec:
       {{- end }}
       ports:
         {{- toYaml .ports | nindent 8 }}
+      {{- if not .head }}
+      {{- /*
+      Ready = this pod's Ingress replica answers /-/healthz with a live LLMServer behind it
+      (200 "success"; 503 before the weights load or when no model server answers), so the
+      Service sends clients only to front doors that can serve, and a pod with no Ingress
+      replica stays NotReady. Set here, KubeRay v1.7 injects none of its own (common/pod.go
+      initLivenessAndReadinessProbe), whose bash + wget exec needs both in the image and
+      drops the pod after a single 2 s miss; the kubelet's HTTP GET needs nothing, and two
+      misses (10 s) ride out one slow answer from a busy Ingress. Only readiness: KubeRay's
+      liveness probe (the raylet) stays, as a pod whose model server is loading or gone
+      must not be restarted for it.
+      */}}
+      readinessProbe:
+        httpGet:
+          path: /-/healthz
+          port: serve
+        initialDelaySeconds: 10
+        periodSeconds: 5
+        timeoutSeconds: 2
+        successThreshold: 1
+        failureThreshold: 2
+      {{- end }}
       {{- with (include "mistral-serve.rayEnv" (dict "ctx" $ctx "head" .head) | trim) }}
       env:
         {{- . | nindent 8 }}
