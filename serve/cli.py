@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import signal
 import sys
 import threading
@@ -103,15 +102,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve.app import check_fits, start_serve
-    from serve.config import LOCAL_RAY_ENV
 
     config = serve_config_from(args)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    if not os.environ.get("RAY_ADDRESS"):  # a local Ray, started here
-        for name, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
     ray.init(namespace="mistral-serve")
     try:
         check_fits(config, ray.cluster_resources())

@@ -17,10 +17,6 @@ from serve.engine.config import EngineConfig, EngineOptions, StrictModel
 API_KEY_ENV = "MISTRAL_SERVE_API_KEY"
 REDIS_URL_ENV = "MISTRAL_SERVE_REDIS_URL"
 MODEL_ENV = "MISTRAL_SERVE_MODEL"
-# For a Ray that the service starts itself (set before ray.init, so its processes inherit
-# it): Serve kills a proxy that is not ready after three 5 s checks, and on a busy small
-# machine a cold proxy (importing Serve and grpc) can take longer than that.
-LOCAL_RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 class AutoscalingBounds(StrictModel):
@@ -71,6 +67,9 @@ class ServeConfig(StrictModel):
     a section, fail with the valid ones named."""
 
     section: ClassVar[str] = "the service config"
+    removed: ClassVar[dict[str, str]] = {
+        "stream_items_per_s": "streams are no longer rationed, each gets at most one item "
+                              "per engine step (serve/ingress/collector.py); drop the key"}
 
     model: str | None = None  # None: the embedded SmolLM2 checkpoint
     tensor_parallel_size: int = Field(1, ge=1)
@@ -96,9 +95,6 @@ class ServeConfig(StrictModel):
     prefix_routing: bool = True
     # How often replicas republish their cached blocks (refills a restarted Redis).
     index_resync_s: float = Field(30.0, gt=0)
-    # Ignored, kept so that configs written for older versions still load: streams are no
-    # longer rationed (each gets at most one item per engine step; serve/ingress/collector.py).
-    stream_items_per_s: float | None = Field(None, gt=0)
     # Requests one LLMServer replica holds at once; None: what its engine can hold, running
     # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps
     # concurrency below the engine's.

@@ -17,7 +17,6 @@ if not torch.cuda.is_available():
 
 from model.random_checkpoint import write_tiny_checkpoint  # noqa: E402
 from model.smollm2 import ensure_smollm2  # noqa: E402
-from serve.config import LOCAL_RAY_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +29,7 @@ def smollm2_dir() -> Path:
 # One Ray cluster for the whole session. Exactly 4 CPUs: a worker group or Serve replica
 # that leaks its resources makes a later test fail instead of passing by luck.
 NUM_CPUS = 4
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **LOCAL_RAY_ENV}
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="session")

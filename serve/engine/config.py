@@ -74,6 +74,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     # How errors name this section.
     section: ClassVar[str] = "config"
+    # Keys an older version took, and what to do instead: a config written for it then fails
+    # saying so, instead of offering the closest valid key.
+    removed: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -82,13 +85,18 @@ class StrictModel(BaseModel):
             valid = sorted(cls.model_fields)
             unknown = [key for key in values if key not in cls.model_fields]
             if unknown:
-                raise ValueError(unknown_keys_message(cls.section, unknown, valid))
+                raise ValueError(unknown_keys_message(cls.section, unknown, valid,
+                                                      cls.removed))
         return values
 
 
-def unknown_keys_message(section: str, unknown: list[Any], valid: list[str]) -> str:
+def unknown_keys_message(section: str, unknown: list[Any], valid: list[str],
+                         removed: dict[str, str] | None = None) -> str:
     parts = []
     for key in unknown:
+        if removed and key in removed:
+            parts.append(f"{key!r} (removed: {removed[key]})")
+            continue
         close = difflib.get_close_matches(str(key), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         parts.append(f"{key!r}{hint}")

@@ -32,6 +32,15 @@ def test_a_misspelt_engine_key_fails_deploy_args_naming_it() -> None:
     assert "max_num_batched_tokens" in message
 
 
+def test_a_removed_key_fails_saying_it_was_removed() -> None:
+    # Charts before the Ingress's own servers sent it; such a config must say what to do.
+    with pytest.raises(ValueError) as error:
+        ServeConfig(stream_items_per_s=1000)
+    message = str(error.value)
+    assert "unknown key 'stream_items_per_s' (removed: streams are no longer rationed" in message
+    assert "drop the key" in message and "valid keys:" in message
+
+
 @pytest.mark.parametrize(("section", "values", "key"), [
     ("limits", {"limits": {"max_new_token": 8}}, "max_new_token"),
     ("autoscaling", {"autoscaling": {"min_replica": 1}}, "min_replica"),
