@@ -20,7 +20,8 @@ def serve_service(rayservice: Manifest, cluster: str) -> Manifest:
 
     KubeRay overrides any selector with the active cluster's name and `ray.io/serve=true`,
     and exposes each head port named `serve` or `serve-*`; a port of spec.serveService with
-    the same name replaces the generated one (keeping its appProtocol and nodePort).
+    the same name replaces the generated one (keeping its appProtocol and nodePort). Without
+    spec.serveService its type is the head group's serviceType (ClusterIP when unset).
     """
     spec = rayservice["spec"]
     head = spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -32,7 +33,8 @@ def serve_service(rayservice: Manifest, cluster: str) -> Manifest:
     metadata = custom.get("metadata", {})
     return {"metadata": {"name": metadata.get("name") or f"{rayservice['metadata']['name']}-serve-svc",
                          "annotations": metadata.get("annotations", {})},
-            "spec": {**custom.get("spec", {}), "ports": ports,
+            "spec": {"type": spec["rayClusterConfig"]["headGroupSpec"].get("serviceType", "ClusterIP"),
+                     **custom.get("spec", {}), "ports": ports,
                      "selector": {"ray.io/cluster": cluster, "ray.io/serve": "true"}}}
 
 
@@ -128,14 +130,17 @@ REDIS_CLEANUP_DEADLINE_S = 300  # buildRedisCleanupJob: ActiveDeadlineSeconds
 
 
 def redis_cleanup_pod(rayservice: Manifest) -> Manifest:
-    """The Redis cleanup Job's pod template (raycluster_controller.go buildRedisCleanupJob)."""
+    """The Redis cleanup Job's pod template (raycluster_controller.go buildRedisCleanupJob):
+    built as the head pod (buildHeadPod, so common/pod.go gives it ray.io/serve=false), then
+    relabelled ray.io/node-type=redis-cleanup."""
     template = copy.deepcopy(rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"])
     spec = template["spec"]
     spec["containers"] = spec["containers"][:1]
     spec["initContainers"] = [c for c in spec.get("initContainers", [])
                               if c["name"] != "wait-for-tls-ip-san"]
     spec["restartPolicy"] = "Never"
-    labels = {**template["metadata"].get("labels", {}), "ray.io/node-type": "redis-cleanup"}
+    labels = {**template["metadata"].get("labels", {}), "ray.io/serve": "false",
+              "ray.io/node-type": "redis-cleanup"}
     return {"metadata": {**template["metadata"], "labels": labels}, "spec": spec}
 
 

@@ -106,27 +106,29 @@ def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
 
 # --- NOTES.txt: how to reach the service ----------------------------------------------------
 
-def test_notes_show_the_active_cluster_service_in_cluster() -> None:
+def test_notes_show_the_charts_service_in_cluster() -> None:
     text = notes()
-    assert "LLMClient(\"llm-mistral-serve-serve-svc.inference.svc:9000\"" in text
-    assert "port-forward svc/llm-mistral-serve-serve-svc 9000:9000" in text
+    assert "LLMClient(\"llm-mistral-serve-serve.inference.svc:9000\"" in text
+    assert "port-forward svc/llm-mistral-serve-serve 9000:9000" in text
+    assert "serve-svc" not in text
 
 
 def test_notes_for_a_load_balancer_read_its_address() -> None:
     text = notes({"service": {"type": "LoadBalancer"}})
-    assert "get svc llm-mistral-serve-serve-svc -o jsonpath='{.status.loadBalancer.ingress[0].ip}" in text
-    assert "port-forward svc/llm-mistral-serve-serve-svc" not in text
+    assert "get svc llm-mistral-serve-serve -o jsonpath='{.status.loadBalancer.ingress[0].ip}" in text
+    assert "port-forward svc/" not in text.split("Ray dashboard")[0]
 
 
 def test_notes_for_a_node_port_read_the_grpc_node_port() -> None:
     text = notes({"service": {"type": "NodePort"}})
-    assert "{.spec.ports[?(@.name==\"serve-grpc\")].nodePort}" in text
-    assert "port-forward svc/llm-mistral-serve-serve-svc" not in text
+    assert "get svc llm-mistral-serve-serve -o jsonpath='{.spec.ports[?(@.name==\"serve-grpc\")].nodePort}" in text
+    assert "port-forward svc/" not in text.split("Ray dashboard")[0]
 
 
-def test_notes_name_the_gateway_under_incremental_upgrades() -> None:
+def test_notes_give_grpc_an_address_under_incremental_upgrades() -> None:
+    # KubeRay makes no <name>-serve-svc then; the chart's Service is there in every mode.
     text = notes({"autoscaling": {"enabled": True},
                   "upgrade": {"strategy": "NewClusterWithIncrementalUpgrade",
                               "incremental": {"gatewayClassName": "istio"}}})
     assert "get gateway llm-mistral-serve-gateway" in text
-    assert "serve-svc.inference.svc" not in text
+    assert "LLMClient(\"llm-mistral-serve-serve.inference.svc:9000\"" in text

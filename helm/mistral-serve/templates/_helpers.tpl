@@ -55,6 +55,18 @@ own labels, so podLabels go underneath them (and _validate.tpl refuses the keys 
 app.kubernetes.io/component: ray
 {{- end }}
 
+{{/*
+The selector of the client Service (service.yaml): the Ray pods of this release, in any
+RayCluster, that KubeRay marks as serving; with service.excludeHead, workers only.
+*/}}
+{{- define "mistral-serve.serveSelector" -}}
+{{ include "mistral-serve.raySelector" . }}
+ray.io/serve: "true"
+{{- if .Values.service.excludeHead }}
+ray.io/node-type: worker
+{{- end }}
+{{- end }}
+
 {{/* The tag says the Ray version it carries: <appVersion>-ray<rayVersion> unless set. */}}
 {{- define "mistral-serve.imageTag" -}}
 {{- .Values.image.tag | default (printf "%s-ray%s" .Chart.AppVersion .Values.rayVersion) }}
