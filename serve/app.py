@@ -31,6 +31,8 @@ def _cluster_has_gpus() -> bool:
 # CPU replicas share the machine's cores (torch uses all of them whatever Ray books), so
 # each books half a CPU: two replicas and the Ingress fit a 2-core machine.
 CPU_REPLICA_CPUS = 0.5
+# What each tensor-parallel worker of a CPU replica books (its own process and rank).
+CPU_WORKER_CPUS = 1.0
 INGRESS_CPUS = 0.25
 # How long Serve gives a draining Ingress replica before killing it: above its own drain of
 # the streams in flight (serve/ingress/deployment.py).
@@ -79,7 +81,7 @@ def llm_server_options(config: ServeConfig) -> dict[str, Any]:
         options["ray_actor_options"] = {"num_cpus": 1 if gpu else CPU_REPLICA_CPUS,
                                         "num_gpus": 1 if gpu else 0}
     else:
-        worker = {"GPU": 1} if gpu else {"CPU": 1}
+        worker = {"GPU": 1} if gpu else {"CPU": CPU_WORKER_CPUS}
         options["ray_actor_options"] = {"num_cpus": 0.5}
         options["placement_group_bundles"] = [{"CPU": 0.5}] + [dict(worker)] * tp
         options["placement_group_strategy"] = "STRICT_PACK"
@@ -105,7 +107,7 @@ def replica_cpu_threads(config: ServeConfig, gpu: bool, machine_cpus: int,
     ranks = replicas * config.tensor_parallel_size
     if num_nodes <= 1:
         return max(1, machine_cpus // ranks)
-    booked = CPU_REPLICA_CPUS if config.tensor_parallel_size == 1 else 1.0
+    booked = CPU_REPLICA_CPUS if config.tensor_parallel_size == 1 else CPU_WORKER_CPUS
     return max(1, math.ceil(booked))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from ray import serve
 
+from model.factory import resolve_device
 from serve.engine.async_engine import AsyncLLMEngine
 from serve.engine.config import EngineConfig
 from serve.engine.factory import create_engine
@@ -27,10 +28,6 @@ from serve.server.parent_request import ParentRequest
 
 logger = logging.getLogger(__name__)
 SERVE_LOGGER = logging.getLogger("ray.serve")
-
-
-def _runs_on_cpu(config: EngineConfig) -> bool:
-    return config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
 
 # How often the engine gauges (KV blocks, queue) are refreshed; Ray exports every ~10 s.
 METRICS_PERIOD_S = 5.0
@@ -54,7 +51,7 @@ class LLMServer:
         self.metrics = ServerMetrics()
         self._metrics_task: asyncio.Task[None] | None = None
         logger.info("LLMServer %s ready: %s", self.replica_id, engine.stats())
-        if _runs_on_cpu(config):
+        if resolve_device(config.device).type == "cpu":
             # Serve's logger: what reaches the replica's log (module loggers stay at WARNING).
             SERVE_LOGGER.info("LLMServer %s computes with %d CPU threads per rank",
                               self.replica_id, config.cpu_threads or torch.get_num_threads())
