@@ -179,8 +179,10 @@ class ServerMetrics:
         self._record_tiers(stats)
         self._record_speculation(stats)
 
-    def _advance(self, name: str, counter: Any, total: int,
+    def _advance(self, stats: Any, name: str, counter: Any,
                  tags: dict[str, str] | None = None) -> None:
+        """Advance ``counter`` by how much the engine's cumulative ``stats.<name>`` grew."""
+        total = getattr(stats, name)
         delta = total - self._last_totals.get(name, 0)
         if delta > 0:
             counter.inc(delta, tags=tags)
@@ -189,11 +191,10 @@ class ServerMetrics:
     def _record_speculation(self, stats: Any) -> None:
         if not stats.num_spec_drafts:
             return
-        self._advance("num_spec_drafts", self.spec_drafts, stats.num_spec_drafts)
-        self._advance("num_spec_draft_tokens", self.spec_draft_tokens,
-                      stats.num_spec_draft_tokens)
-        self._advance("num_spec_accepted_tokens", self.spec_accepted_tokens,
-                      stats.num_spec_accepted_tokens)
+        for name, counter in (("num_spec_drafts", self.spec_drafts),
+                              ("num_spec_draft_tokens", self.spec_draft_tokens),
+                              ("num_spec_accepted_tokens", self.spec_accepted_tokens)):
+            self._advance(stats, name, counter)
         self.spec_acceptance_rate.set(stats.num_spec_accepted_tokens
                                       / max(stats.num_spec_draft_tokens, 1))
         self.spec_mean_accepted.set(stats.num_spec_accepted_tokens / stats.num_spec_drafts)
@@ -213,7 +214,7 @@ class ServerMetrics:
                 ("num_restored_blocks", self.restored_blocks, None),
                 ("kv_bytes_offloaded", self.tier_bytes, {"direction": "offload"}),
                 ("kv_bytes_restored", self.tier_bytes, {"direction": "restore"})):
-            self._advance(name, counter, getattr(stats, name), tags)
+            self._advance(stats, name, counter, tags)
 
 
 class RouterMetrics:
