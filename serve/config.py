@@ -99,8 +99,11 @@ class ServeConfig(StrictModel):
     # and waiting (max_num_seqs + max_waiting_requests), so nothing in the path caps
     # concurrency below the engine's.
     max_ongoing_requests: int | None = Field(None, ge=1)
-    # Requests each caller (Ingress replica) queues for the LLMServers when every replica is
-    # full; past it a request gets RESOURCE_EXHAUSTED at once. None: max_waiting_requests.
+    # Requests each caller (Ingress replica) queues for the LLMServers; past it a request
+    # gets RESOURCE_EXHAUSTED at once. Serve counts every request not yet placed on a replica,
+    # including those it is placing right now, so a burst arriving at once fills this queue
+    # while every replica still has room. None: one replica's whole capacity (max_num_seqs +
+    # max_waiting_requests), so such a burst is refused only where the engines are full.
     max_queued_requests: int | None = Field(None, ge=0)
     # Environment variables of the LLMServer replicas (and their tensor-parallel workers):
     # NCCL_DEBUG, a cache directory, thread counts.
@@ -146,7 +149,7 @@ class ServeConfig(StrictModel):
     def caller_max_queued_requests(self) -> int:
         if self.max_queued_requests is not None:
             return self.max_queued_requests
-        return self.engine.max_waiting_requests
+        return self.engine.max_num_seqs + self.engine.max_waiting_requests
 
     def engine_config(self, model: str) -> EngineConfig:
         """The engine every LLMServer replica runs, for the resolved checkpoint ``model``."""

@@ -66,7 +66,10 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     def add(self, request: Request) -> None:
-        if len(self.waiting) >= self.max_waiting_requests:
+        # Requests the next step can start (free running slots) do not wait: a burst that
+        # arrives between two steps is not refused while the engine has room to run it.
+        free_slots = max(0, self.max_num_seqs - len(self.running))
+        if len(self.waiting) >= self.max_waiting_requests + free_slots:
             raise QueueFullError(f"the waiting queue is full ({self.max_waiting_requests} "
                                  "requests); retry later")
         self.waiting.append(request)

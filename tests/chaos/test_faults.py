@@ -23,7 +23,7 @@ from tests.chaos.conftest import API_KEY, Service, start_service, wait_until
 from tests.serve.conftest import RedisServer
 
 MAX_NUM_SEQS = 16
-MAX_WAITING = 16  # per replica: 32 requests in flight or queued, the rest refused at once
+MAX_WAITING = 16  # per replica: 32 requests in flight or queued; each Ingress queues 32 more
 BURST_TOKENS = 200
 CONTEXT = 512  # the tiny checkpoint's
 
@@ -108,18 +108,27 @@ from serve.grpc_api import llm_pb2, llm_pb2_grpc
 channel = grpc.insecure_channel(sys.argv[1])
 stub = llm_pb2_grpc.LLMServiceStub(channel)
 metadata = [("authorization", "Bearer " + sys.argv[2])]
-started = threading.Barrier(21)
+started = threading.Barrier(21, timeout=60)
+errors = []
 
 def read(i):
     request = llm_pb2.GenerateRequest(text=f"dropped {i}", sampling=llm_pb2.SamplingParams(
         max_tokens=400, ignore_eos=True))
-    for n, _ in enumerate(stub.Generate(request, metadata=metadata)):
-        if n == 0:
-            started.wait()
+    try:
+        for n, _ in enumerate(stub.Generate(request, metadata=metadata)):
+            if n == 0:
+                started.wait()
+    except Exception as exc:  # a refused or failed stream: say so instead of hanging
+        errors.append(repr(exc))
+        started.abort()
 
 for i in range(20):
     threading.Thread(target=read, args=(i,), daemon=True).start()
-started.wait()
+try:
+    started.wait()
+except threading.BrokenBarrierError:
+    print("failed", errors[:1], flush=True)
+    sys.exit(1)
 print("streaming", flush=True)
 time.sleep(60)
 """
@@ -180,14 +189,19 @@ def test_a_burst_of_four_times_the_capacity(service: Service,
     service.wait_all_blocks_free()
 
 
-def busy_replica(service: Service, deployment: str, timeout_s: float = 60.0) -> Any:
-    """A replica of ``deployment`` while streams are in flight: an LLMServer replica with
-    requests running (or any Ingress replica once some are). Streams run at engine speed,
-    so a fixed delay could find them all finished."""
+def busy_replica(service: Service, deployment: str, timeout_s: float = 60.0,
+                 streaming_s: float = 1.0) -> Any:
+    """A replica of ``deployment`` while streams are in flight: an LLMServer replica that
+    has had requests running for ``streaming_s`` (or any Ingress replica then). Streams run
+    at engine speed, so a fixed delay could find them all finished; and a kill before their
+    first token would only show the SDK's retry (it retries until a token arrived)."""
     deadline = time.monotonic() + timeout_s
+    first_seen: dict[str, float] = {}
     while True:
+        now = time.monotonic()
         running = {replica_id for replica_id, stats in service.llm_stats().items()
-                   if stats["num_running"] > 0}
+                   if stats["num_running"] > 0
+                   and now - first_seen.setdefault(replica_id, now) >= streaming_s}
         actors = service.replica_actors(deployment)
         chosen = [actor for replica_id, actor in actors.items()
                   if deployment != "LLMServer" or replica_id in running]

@@ -77,10 +77,11 @@ def test_validation_errors_reach_the_caller(async_engine: AsyncLLMEngine) -> Non
 
 
 def test_full_queue_is_refused(tiny_checkpoint: Path) -> None:
-    llm = LLM(str(tiny_checkpoint), num_kv_blocks=64, max_waiting_requests=1)
-    llm.engine.add_request("a", [5, 6], SamplingParams())
+    llm = LLM(str(tiny_checkpoint), num_kv_blocks=64, max_num_seqs=1, max_waiting_requests=1)
+    llm.engine.add_request("a", [5, 6], SamplingParams())  # starts at the next step
+    llm.engine.add_request("b", [5, 6], SamplingParams())  # waits
     with pytest.raises(QueueFullError, match="waiting queue is full"):
-        llm.engine.add_request("b", [5, 6], SamplingParams())
+        llm.engine.add_request("c", [5, 6], SamplingParams())
 
 
 @pytest.fixture

@@ -245,7 +245,11 @@ def test_finish_keeps_the_status_the_engine_already_set() -> None:
 def test_the_waiting_queue_is_bounded() -> None:
     scheduler = Scheduler(BlockManager(4, BS), max_num_seqs=1, max_num_batched_tokens=8,
                           max_waiting_requests=2)
-    scheduler.add(request("a", 3))
-    scheduler.add(request("b", 3, first_token=100))
+    # One running slot is free, so three fit before any step: one to run, two to wait.
+    for name, first in (("a", 0), ("b", 100), ("c", 200)):
+        scheduler.add(request(name, 3, first_token=first))
     with pytest.raises(QueueFullError, match="waiting queue is full"):
-        scheduler.add(request("c", 3, first_token=200))
+        scheduler.add(request("d", 3, first_token=300))
+    step(scheduler)  # "a" runs: the slot is taken, the two waiting fill the queue
+    with pytest.raises(QueueFullError, match="waiting queue is full"):
+        scheduler.add(request("e", 3, first_token=400))
