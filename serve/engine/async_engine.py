@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.sampling_params import SamplingParams
-from serve.engine.engine import EngineStats, Launched, LLMEngine
+from serve.engine.engine import Launched, LLMEngine
 from serve.engine.errors import EngineDeadError, InvalidRequestError
 from serve.engine.request import RequestOutput, coalesce
+from serve.engine.stats import EngineStats
 from serve.engine.step_runner import ThreadedStepRunner
 
 logger = logging.getLogger(__name__)

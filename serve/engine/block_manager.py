@@ -48,7 +48,7 @@ from model.step import BlockCopies
 from serve.engine.block_hash import BlockHash, extend_block_hashes
 from serve.engine.block_pool import BlockPool
 from serve.engine.kv_events import KVEvent
-from serve.engine.kv_stats import PrefixHitCounters
+from serve.engine.stats import PrefixHitCounters
 
 
 @dataclass

@@ -45,7 +45,7 @@ from serve.engine.kv_events import (
     BlockStored,
     KVEvent,
 )
-from serve.engine.kv_stats import TierCounters
+from serve.engine.stats import TierCounters
 
 
 @dataclass(slots=True)

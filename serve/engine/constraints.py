@@ -1,5 +1,6 @@
-"""The engine's side of logit masks and structured output, run when a request is added: ids
-checked against the vocabulary, bad words tokenized, the grammar compiled. Whatever is wrong
+"""What the engine checks when a request is added: the prompt against the vocabulary, the
+context and the KV cache, and the engine's side of logit masks and structured output (ids
+checked against the vocabulary, bad words tokenized, the grammar compiled). Whatever is wrong
 is refused here, as INVALID_ARGUMENT, before the request is queued; the model runner then
 only applies what was checked.
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from model.sampling_params import SamplingParams
 from model.structured_output import StructuredOutputsParams
 from model.tokenizer_protocol import Tokenizer
-from serve.engine.errors import InvalidRequestError
+from serve.engine.errors import InvalidRequestError, PromptTooLongError
 
 
 class RequestConstraints:
@@ -27,6 +28,27 @@ class RequestConstraints:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.tokenizer_source = tokenizer_source
+
+    def check_prompt(self, token_ids: list[int], max_model_len: int, kv_capacity_tokens: int
+                     ) -> None:
+        """``kv_capacity_tokens``: the tokens the whole KV cache holds."""
+        if not token_ids:
+            raise InvalidRequestError("the prompt is empty; send at least one token")
+        vocab = self.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        # One position must stay free for the first generated token.
+        if len(token_ids) >= max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens but the model's context is "
+                f"{max_model_len} tokens (prompt plus at least one new token); "
+                "shorten the prompt")
+        if len(token_ids) >= kv_capacity_tokens:
+            raise PromptTooLongError(
+                f"the prompt has {len(token_ids)} tokens but the KV cache holds "
+                f"{kv_capacity_tokens} tokens; shorten the prompt or give the cache more "
+                "memory")
 
     def prepare(self, params: SamplingParams) -> SamplingParams:
         """``params`` as the runner needs them (bad words as token ids), or

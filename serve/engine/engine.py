@@ -35,49 +35,28 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from model.config import ModelConfig
 from model.sampling_params import SamplingParams
-from model.step import NewRequest, SampledToken, ScheduledSequence, StepInput, StepOutput
+from model.step import SampledToken, StepOutput
 from model.tokenizer import Tokenizer
 from serve.engine.block_manager import BlockManager
 from serve.engine.config import EngineConfig
 from serve.engine.constraints import RequestConstraints
-from serve.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
+from serve.engine.errors import EngineDeadError, InvalidRequestError
 from serve.engine.executor import Executor, host_tier_size
 from serve.engine.kv_events import KVEventSink
-from serve.engine.kv_stats import KVTierStats, tier_stats
 from serve.engine.output import OutputProcessor
 from serve.engine.request import FINISHED, Request, RequestOutput, RequestStatus
 from serve.engine.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
-from serve.engine.speculator import SpecCounters, Speculator
-from serve.engine.step_runner import PENDING_TOKEN, InlineStepRunner, StepRunner
+from serve.engine.speculator import Speculator
+from serve.engine.stats import EngineStats, engine_stats
+from serve.engine.step_builder import StepBuilder
+from serve.engine.step_runner import InlineStepRunner, StepRunner
 from serve.engine.token_apply import append_tokens, take_back
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EngineStats(KVTierStats):
-    """The engine's state now; the KV host tier's fields and the prefix cache's hits by
-    tier come from ``KVTierStats`` (serve/engine/kv_stats.py)."""
-
-    num_running: int
-    num_waiting: int
-    num_kv_blocks: int
-    num_free_kv_blocks: int
-    kv_cache_usage: float
-    num_cached_blocks: int
-    num_kv_tokens: int
-    # Requests aborted since the engine started (caller left, cancelled): a cancellation
-    # that never reached the engine shows as a request that ran to its end instead.
-    num_aborted: int = 0
-    # Speculative decoding since the engine started: verification rows (a request's step
-    # with drafts), draft tokens proposed, and accepted.
-    num_spec_drafts: int = 0
-    num_spec_draft_tokens: int = 0
-    num_spec_accepted_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -112,7 +91,8 @@ class LLMEngine:
                                    config.max_num_batched_tokens, config.max_waiting_requests,
                                    self.speculator)
         self.outputs = OutputProcessor(tokenizer)
-        # Logit masks and grammars, checked (and grammars compiled) when a request is added.
+        # The prompt, logit masks and grammars, checked (and grammars compiled) when a request
+        # is added.
         self.constraints = RequestConstraints(tokenizer, model_config.vocab_size,
                                               config.tokenizer or config.model)
         self.event_sink = event_sink
@@ -120,8 +100,7 @@ class LLMEngine:
             else model_config.eos_token_id
         self.requests: dict[str, Request] = {}
         self.step_runner: StepRunner = InlineStepRunner(executor)
-        self._new: list[NewRequest] = []
-        self._finished_ids: list[str] = []
+        self.step_builder = StepBuilder()
         self._pending_outputs: list[RequestOutput] = []
         # Set when the model workers fail: the engine refuses new work from then on.
         self.dead_reason: str | None = None
@@ -147,7 +126,7 @@ class LLMEngine:
             text, token_ids = prompt, self.tokenizer.encode(prompt)
         else:
             text, token_ids = None, [int(t) for t in prompt]
-        self._validate_prompt(token_ids)
+        self.constraints.check_prompt(token_ids, self.max_model_len, self.kv_capacity_tokens)
         params = self.constraints.prepare(params)
         room = min(self.max_model_len, self.kv_capacity_tokens) - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
@@ -156,25 +135,6 @@ class LLMEngine:
         self.scheduler.add(request)
         self.requests[request_id] = request
         return request
-
-    def _validate_prompt(self, token_ids: list[int]) -> None:
-        if not token_ids:
-            raise InvalidRequestError("the prompt is empty; send at least one token")
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {vocab})")
-        # One position must stay free for the first generated token.
-        if len(token_ids) >= self.max_model_len:
-            raise PromptTooLongError(
-                f"the prompt has {len(token_ids)} tokens but the model's context is "
-                f"{self.max_model_len} tokens (prompt plus at least one new token); "
-                "shorten the prompt")
-        if len(token_ids) >= self.kv_capacity_tokens:
-            raise PromptTooLongError(
-                f"the prompt has {len(token_ids)} tokens but the KV cache holds "
-                f"{self.kv_capacity_tokens} tokens; shorten the prompt or give the cache more "
-                "memory")
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
@@ -196,8 +156,7 @@ class LLMEngine:
         if error is not None:
             request.error = error
         self.requests.pop(request.request_id, None)
-        if request.sent_to_runner:
-            self._finished_ids.append(request.request_id)
+        self.step_builder.forget(request)
 
     def fail_all(self, message: str) -> list[RequestOutput]:
         """Finish every live request with an error (workers died); frees all blocks."""
@@ -242,7 +201,7 @@ class LLMEngine:
         scheduled = self.scheduler.schedule(ahead)
         if not scheduled.scheduled:
             return None
-        step, pending = self._build_step(scheduled)
+        step, pending = self.step_builder.build(scheduled, self.block_manager.drain_copies())
         has_drafts = any(item.draft_token_ids for item in scheduled.scheduled)
         return Launched(scheduled, self.step_runner.submit(step, pending), has_drafts)
 
@@ -312,38 +271,6 @@ class LLMEngine:
         self._publish_events()
         return outputs
 
-    def _build_step(self, scheduled: SchedulerOutput
-                    ) -> tuple[StepInput, list[ScheduledSequence]]:
-        """The step message, and its sequences whose input token is still pending. Marks the
-        scheduled tokens computed (a failed step fails the request, so there is nothing to
-        undo) and the sampled ones pending until ``collect``."""
-        sequences = []
-        pending = []
-        for item in scheduled.scheduled:
-            request = item.request
-            if not request.sent_to_runner:
-                self._new.append(NewRequest(request.request_id, request.prompt_token_ids,
-                                            request.params))
-                request.sent_to_runner = True
-            start = request.num_computed_tokens
-            num_new = item.num_new_tokens
-            drafts = item.draft_token_ids
-            token_ids = request.token_ids[start:start + num_new - len(drafts)]
-            token_ids.extend(drafts)
-            seq = ScheduledSequence(request.request_id, token_ids, start, item.block_table,
-                                    item.samples, len(drafts))
-            if len(token_ids) < num_new:  # the last token is the one the step before samples
-                token_ids.append(PENDING_TOKEN)
-                pending.append(seq)
-            sequences.append(seq)
-            request.num_computed_tokens = start + num_new
-            if item.samples:
-                request.num_pending_tokens += 1
-        step = StepInput(sequences, self._new, self._finished_ids,
-                         self.block_manager.drain_copies())
-        self._new, self._finished_ids = [], []
-        return step, pending
-
     def _publish_events(self) -> None:
         events = self.block_manager.drain_events()
         if events and self.event_sink is not None:
@@ -355,19 +282,5 @@ class LLMEngine:
     # ---- introspection ----------------------------------------------------------------
 
     def stats(self) -> EngineStats:
-        manager = self.block_manager
-        spec = self.speculator.counters if self.speculator is not None else SpecCounters()
-        return EngineStats(
-            num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
-            num_kv_blocks=manager.num_blocks,
-            num_free_kv_blocks=manager.num_free_blocks,
-            kv_cache_usage=manager.usage,
-            num_cached_blocks=manager.num_cached_blocks,
-            num_kv_tokens=self.kv_capacity_tokens,
-            num_aborted=self.num_aborted,
-            num_spec_drafts=spec.num_drafts,
-            num_spec_draft_tokens=spec.num_draft_tokens,
-            num_spec_accepted_tokens=spec.num_accepted_tokens,
-            **asdict(tier_stats(manager, self.host_block_bytes)),
-        )
+        return engine_stats(self.scheduler, self.speculator, self.kv_capacity_tokens,
+                            self.num_aborted, self.host_block_bytes)

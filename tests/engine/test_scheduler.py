@@ -42,7 +42,7 @@ def step(scheduler: Scheduler) -> SchedulerOutput:
     needs a tokenizer for stop strings), so this is the minimal equivalent: advance
     ``num_computed_tokens``, give every chunk that reached the last known token one sampled
     token, and finish on the engine's own ``finished_status``. ``samples`` is read before
-    the advance, as the engine's ``_build_step`` reads it to tell the runner what to sample.
+    the advance, as ``StepBuilder.build`` reads it to tell the runner what to sample.
     """
     out = scheduler.schedule()
     samples = [item.samples for item in out.scheduled]

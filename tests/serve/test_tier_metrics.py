@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from serve.engine.engine import EngineStats
+from serve.engine.stats import EngineStats
 from serve.metrics import ServerMetrics
 
 

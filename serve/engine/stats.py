@@ -1,16 +1,20 @@
-"""Counters of the KV tiers and the prefix cache's hits by tier, for stats and metrics.
+"""The engine's stats (``EngineStats``): what metrics, routing and autoscaling read, and the
+counters of the KV tiers and the prefix cache's hits by tier behind some of its fields.
 
-The block pool and manager bump the counters as blocks move; ``tier_stats`` reads them
+The block pool and manager bump the counters as blocks move; ``engine_stats`` reads them
 once per stats poll, never per step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from serve.engine.speculator import SpecCounters, Speculator
 
 if TYPE_CHECKING:
     from serve.engine.block_manager import BlockManager
+    from serve.engine.scheduler import Scheduler
 
 
 @dataclass
@@ -66,4 +70,47 @@ def tier_stats(manager: BlockManager, host_block_bytes: int) -> KVTierStats:
         num_prefix_query_tokens=hits.num_query_tokens,
         num_device_hit_tokens=hits.num_device_hit_tokens,
         num_host_hit_tokens=hits.num_host_hit_tokens,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineStats(KVTierStats):
+    """The engine's state now; the KV host tier's fields and the prefix cache's hits by
+    tier come from ``KVTierStats``."""
+
+    num_running: int
+    num_waiting: int
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    kv_cache_usage: float
+    num_cached_blocks: int
+    num_kv_tokens: int
+    # Requests aborted since the engine started (caller left, cancelled): a cancellation
+    # that never reached the engine shows as a request that ran to its end instead.
+    num_aborted: int = 0
+    # Speculative decoding since the engine started: verification rows (a request's step
+    # with drafts), draft tokens proposed, and accepted.
+    num_spec_drafts: int = 0
+    num_spec_draft_tokens: int = 0
+    num_spec_accepted_tokens: int = 0
+
+
+def engine_stats(scheduler: Scheduler, speculator: Speculator | None, num_kv_tokens: int,
+                 num_aborted: int, host_block_bytes: int) -> EngineStats:
+    """``num_kv_tokens``: what the KV cache holds; ``host_block_bytes`` as ``tier_stats``."""
+    manager = scheduler.block_manager
+    spec = speculator.counters if speculator is not None else SpecCounters()
+    return EngineStats(
+        num_running=len(scheduler.running),
+        num_waiting=len(scheduler.waiting),
+        num_kv_blocks=manager.num_blocks,
+        num_free_kv_blocks=manager.num_free_blocks,
+        kv_cache_usage=manager.usage,
+        num_cached_blocks=manager.num_cached_blocks,
+        num_kv_tokens=num_kv_tokens,
+        num_aborted=num_aborted,
+        num_spec_drafts=spec.num_drafts,
+        num_spec_draft_tokens=spec.num_draft_tokens,
+        num_spec_accepted_tokens=spec.num_accepted_tokens,
+        **asdict(tier_stats(manager, host_block_bytes)),
     )
