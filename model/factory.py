@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from model.attention.backend import create_backend
+from model.build_thread import build_on_exiting_thread
 from model.config import PRESETS, ModelConfig
 from model.cuda_graph import CudaGraphOptions
 from model.envs import fault_step_delay_s
@@ -92,6 +93,14 @@ def build_runner(config: RunnerConfig, *, device: torch.device | None = None,
     tightest rank can hold (an all-reduce MIN at tp > 1); host block ids too.
     """
     device = device if device is not None else resolve_device(config.device)
+    if device.type == "cpu":  # the thread that steps must be the only OpenMP master
+        return build_on_exiting_thread(
+            lambda: _build_runner(config, device, ctx, agree_num_blocks))
+    return _build_runner(config, device, ctx, agree_num_blocks)
+
+
+def _build_runner(config: RunnerConfig, device: torch.device, ctx: ParallelContext,
+                  agree_num_blocks: Callable[[int], int] | None) -> ModelRunner:
     if device.type == "cpu":
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)
