@@ -1,8 +1,13 @@
 """Speculative decoding on SmolLM2, 2-core CPU: our engine with and without drafts (and
-vLLM CPU's ``ngram`` where asked), a copy-heavy and a plain-chat workload, concurrency 1, 4
-and 64. One JSON line per (system, workload, concurrency), then the goal ratios.
+vLLM CPU with and without its ``ngram`` method, given ``--vllm-venv``), a copy-heavy and a
+plain-chat workload, concurrency 1, 4 and 64. One JSON line per (system, workload,
+concurrency), then the goal ratios; ``--out`` appends them to a results file.
 
     python bench/speculative.py [--concurrency 1 4 64] [--methods none ngram suffix]
+    python bench/speculative.py --vllm-venv ~/vllm-venv --out bench/results/cpu-2core-speculative.jsonl
+
+The peer (bench/speculative_vllm_job.py) runs ``vllm.LLM`` offline in its own venv, made as
+bench/peer_serving.py says.
 
 Our engine runs the loop the service runs (``LLMEngine.advance`` with the threaded step
 runner: steps scheduled ahead unless speculating), closed loop at each concurrency. TPOT is
@@ -18,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import mean
@@ -151,12 +157,34 @@ def run_ours(model_dir: str, method: str, workload: str, concurrency: int, num_r
             if stats.num_spec_draft_tokens else None}
 
 
+def run_vllm(venv: Path, model_dir: str, method: str, runs: list[dict[str, Any]],
+             max_tokens: int) -> tuple[list[dict[str, Any]], str]:
+    """vLLM's figures for every (workload, concurrency, prompts) of ``runs`` with ``method``,
+    and, if it stopped early, why (e.g. ngram unsupported on its CPU build)."""
+    job = {"model": model_dir, "method": method, "max_tokens": max_tokens, "runs": runs}
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "4"}
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run([str(venv / "bin" / "python"),
+                               str(ROOT / "bench" / "speculative_vllm_job.py")],
+                              input=json.dumps(job), capture_output=True, text=True, env=env,
+                              cwd=scratch)
+    figures = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    if len(figures) == len(runs):
+        return figures, ""
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    return figures, (errors[-1] if errors else done.stderr[-300:]).strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 64])
     parser.add_argument("--methods", nargs="+", default=["none", "ngram", "suffix"])
     parser.add_argument("--workloads", nargs="+", default=["copy", "chat"])
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--vllm-venv", type=Path, default=None,
+                        help="a venv with vllm-cpu: run the peer beside ours")
+    parser.add_argument("--out", type=Path, default=None, help="append the lines here")
     args = parser.parse_args()
     from model.smollm2 import ensure_smollm2
 
@@ -165,25 +193,51 @@ def main() -> None:
               "dtype": "float32", "machine": f"{os.cpu_count()}-core {platform.machine()}, "
               f"no GPU, Python {platform.python_version()}",
               "command": "python bench/speculative.py " + " ".join(sys.argv[1:])}
+    lines: list[dict[str, Any]] = []
+
+    def emit(line: dict[str, Any]) -> None:
+        print(json.dumps(line), flush=True)
+        lines.append(line)
+
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
     for workload in args.workloads:
         for concurrency in args.concurrency:
             num_requests = max(4, concurrency) if concurrency < 64 else concurrency
             for method in args.methods:
                 figure = run_ours(model_dir, method, workload, concurrency, num_requests,
                                   args.max_tokens)
-                results[(method, workload, concurrency)] = figure
-                print(json.dumps({**common, "system": f"ours-{method}", "workload": workload,
-                                  "concurrency": concurrency, **figure}), flush=True)
-    for (method, workload, concurrency), figure in results.items():
-        base = results.get(("none", workload, concurrency))
-        if method == "none" or base is None:
+                results[(f"ours-{method}", workload, concurrency)] = figure
+                emit({**common, "system": f"ours-{method}", "workload": workload,
+                      "concurrency": concurrency, **figure})
+            if args.vllm_venv is not None:
+                from model.tokenizer import load_model_tokenizer
+
+                tokenizer = load_model_tokenizer(model_dir)
+                runs.append({"workload": workload, "concurrency": concurrency,
+                             "prompts": prompts_for(tokenizer, workload, num_requests)})
+    for method in ("none", "ngram") if args.vllm_venv is not None else ():
+        figures, failure = run_vllm(args.vllm_venv, model_dir, method, runs, args.max_tokens)
+        for figure in figures:
+            workload, concurrency = figure.pop("workload"), figure.pop("concurrency")
+            results[(f"vllm-{method}", workload, concurrency)] = figure
+            emit({**common, "system": f"vllm-{method}", "workload": workload,
+                  "concurrency": concurrency, **figure})
+        if failure:
+            emit({**common, "system": f"vllm-{method}", "failed": failure})
+    for (system, workload, concurrency), figure in results.items():
+        plain = system.rsplit("-", 1)[0] + "-none"
+        base = results.get((plain, workload, concurrency))
+        if system == plain or base is None:
             continue
-        print(json.dumps({**common, "figure": "ratio", "system": f"ours-{method}",
-                          "workload": workload, "concurrency": concurrency,
-                          "tpot_over_plain": round(figure["tpot_ms"] / base["tpot_ms"], 3),
-                          "tok_s_over_plain": round(figure["output_tok_s"]
-                                                    / base["output_tok_s"], 3)}), flush=True)
+        ratio = {"tok_s_over_plain": round(figure["output_tok_s"] / base["output_tok_s"], 3)}
+        if figure.get("tpot_ms") and base.get("tpot_ms"):
+            ratio["tpot_over_plain"] = round(figure["tpot_ms"] / base["tpot_ms"], 3)
+        emit({**common, "figure": "ratio", "system": system, "workload": workload,
+              "concurrency": concurrency, **ratio})
+    if args.out is not None:
+        with args.out.open("a") as results_file:
+            results_file.writelines(json.dumps(line) + "\n" for line in lines)
 
 
 if __name__ == "__main__":
