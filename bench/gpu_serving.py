@@ -14,7 +14,10 @@ Figures (``--figures``; all by default), one JSON line each, printed and appende
   first token through the engine; HF: prefill forward + first argmax;
 * ``turn2``: the 32000-token prompt run to one token, then that prompt + 200 new tokens;
   ours: TTFT and the prefix-cache hit (``num_cached_tokens``); HF: prefill of the 200 tokens
-  on the first prompt's ``past_key_values``.
+  on the first prompt's ``past_key_values``;
+* ``speculative``: batch-1 decode with k = 5 drafts over without, on an engine of its own,
+  when every draft is accepted and when every one is rejected (bench/gpu/speculative.py:
+  the drafts replay the plain run's answer, since random weights give a proposer nothing).
 
 Ours: preset ``mistral-7b-v0.2``, bf16, random weights (``load_format="dummy"``: timing
 does not depend on values). HF: ``MistralForCausalLM`` with the same config, random-initialised
@@ -85,14 +88,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.gpu.common import Recorder, device_slug, log  # noqa: E402
+from bench.gpu.common import Recorder, device_slug, guarded, log  # noqa: E402
 from bench.gpu.hf import run_hf  # noqa: E402
 from bench.gpu.ours import run_ours  # noqa: E402
 from bench.gpu.roofline import run_roofline  # noqa: E402
+from bench.gpu.speculative import ours_speculative  # noqa: E402
 from bench.gpu.tokenizer import choose_tokenizer  # noqa: E402
 from model.random_checkpoint import write_tiny_checkpoint  # noqa: E402
 
-FIGURES = ("roofline", "decode", "throughput", "ttft", "turn2")
+FIGURES = ("roofline", "decode", "throughput", "ttft", "turn2", "speculative")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -224,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                                   ceiling)
             ours_ok &= ok
             our_tokens = our_tokens or tokens
-    if engine_figures and not args.no_hf:
+        if "speculative" in args.figures:  # an engine of its own, built with speculation
+            graphs = (args.cuda_graphs or [None])[0]
+            ours_ok &= guarded(rec, "spec_decode_b1", "ours", "TPOT with drafts / without",
+                               lambda: ours_speculative(rec, args, model_name, load_format,
+                                                        tokenizer, graphs))
+    if engine_figures - {"speculative"} and not args.no_hf:  # HF has no speculative run
         run_hf(rec, args, model_config, checkpoint, dtype, ceiling, our_tokens)
 
     # A short table on stderr for people; the JSON lines on stdout are the record.

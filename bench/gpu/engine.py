@@ -12,7 +12,8 @@ class OurEngine:
     """The engine and what the records say about it (``details``: backend, graphs, blocks)."""
 
     def __init__(self, args: argparse.Namespace, model: str, load_format: str,
-                 tokenizer: tuple[str, str], cuda_graphs: str | None) -> None:
+                 tokenizer: tuple[str, str], cuda_graphs: str | None,
+                 speculative_config: dict[str, Any] | None = None) -> None:
         from serve.engine.config import EngineConfig
         from serve.engine.factory import create_engine
 
@@ -27,6 +28,8 @@ class OurEngine:
         # The CUDA-graph switch is newer than this benchmark: pass it only where it exists.
         if cuda_graphs is not None and "cuda_graphs" in fields:
             kwargs["cuda_graphs"] = cuda_graphs == "on"
+        if speculative_config is not None:
+            kwargs["speculative_config"] = speculative_config
         self.config = EngineConfig(**kwargs)
         self.engine = create_engine(self.config)
         self.device = args.device
@@ -56,13 +59,17 @@ class OurEngine:
     def vocab(self) -> int:
         return self.engine.model_config.vocab_size
 
-    def run(self, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+    def run(self, prompts: list[list[int]], max_tokens: int,
+            num_speculative_tokens: int | None = None) -> dict[str, Any]:
         """Submit every prompt at once, step until all finish. Returns per-request TTFT,
-        every output's timestamp for the first request, and the prefix-cache hits."""
+        every output's timestamp for the first request, and the prefix-cache hits.
+        ``num_speculative_tokens``: the requests' own draft length (0: no drafts) on an
+        engine built with speculation."""
         from bench.roofline import sync
         from model.sampling_params import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True,
+                                num_speculative_tokens=num_speculative_tokens)
         ids = []
         for _ in prompts:
             ids.append(f"bench-{self._ids}")
