@@ -140,16 +140,21 @@ class ServeConfig(StrictModel):
         return str(ensure_smollm2())
 
     @property
+    def engine_capacity(self) -> int:
+        """Requests one engine holds at once, running and waiting."""
+        return self.engine.max_num_seqs + self.engine.max_waiting_requests
+
+    @property
     def replica_max_ongoing_requests(self) -> int:
         if self.max_ongoing_requests is not None:
             return self.max_ongoing_requests
-        return self.engine.max_num_seqs + self.engine.max_waiting_requests
+        return self.engine_capacity
 
     @property
     def caller_max_queued_requests(self) -> int:
         if self.max_queued_requests is not None:
             return self.max_queued_requests
-        return self.engine.max_num_seqs + self.engine.max_waiting_requests
+        return self.engine_capacity
 
     def engine_config(self, model: str) -> EngineConfig:
         """The engine every LLMServer replica runs, for the resolved checkpoint ``model``."""
